@@ -1,0 +1,100 @@
+"""One exception per failure kind, each with the process exit code it maps to.
+
+The CLI turns a `JobError` into a one-line message and its `exit_code`; the Kubernetes
+Job's `podFailurePolicy` reads the same codes to decide whether a retry can help.
+"""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """Base class: an expected failure with a one-line message and an exit code."""
+
+    exit_code = 1
+    reason = "error"
+
+
+class ConfigError(JobError):
+    """Bad command line, config file, environment variable or output location."""
+
+    exit_code = 2
+    reason = "config"
+
+
+class DataError(JobError):
+    """The data set is missing, unsafe, corrupt or fails verification."""
+
+    exit_code = 3
+    reason = "data"
+
+
+class ExportError(JobError):
+    """Conversion to ONNX failed, or the ONNX model disagrees with Keras."""
+
+    exit_code = 4
+    reason = "export"
+
+
+class ModelFileError(JobError):
+    """A model file (weights or ONNX) is missing, corrupt or has the wrong signature."""
+
+    exit_code = 5
+    reason = "model_file"
+
+
+class GateFailed(JobError):
+    """The model was validated and fell short of the quality gate."""
+
+    exit_code = 6
+    reason = "gate_failed"
+
+
+class DeviceUnavailable(JobError):
+    """A GPU was required but the CUDA execution provider is not the one running."""
+
+    exit_code = 7
+    reason = "device"
+
+
+class ClusterUnreachable(JobError):
+    """No kubeconfig / in-cluster config, or the API server does not answer."""
+
+    exit_code = 8
+    reason = "cluster_unreachable"
+
+
+class ClusterForbidden(JobError):
+    """The API server refused the request (RBAC)."""
+
+    exit_code = 9
+    reason = "cluster_forbidden"
+
+
+class JobExists(JobError):
+    """A Job of the same name already exists in the namespace."""
+
+    exit_code = 10
+    reason = "job_exists"
+
+
+class ClusterJobFailed(JobError):
+    """The Kubernetes Job ended in the Failed condition."""
+
+    exit_code = 11
+    reason = "job_failed"
+
+
+class Preempted(JobError):
+    """SIGTERM arrived: state up to the last complete epoch is saved; rerun to resume.
+
+    75 is sysexits' EX_TEMPFAIL: a retry is expected to succeed.
+    """
+
+    exit_code = 75
+    reason = "preempted"
+
+
+# Codes no retry can fix; the Job's podFailurePolicy fails at once on these.
+NON_RETRYABLE_EXIT_CODES = tuple(
+    sorted(e.exit_code for e in (ConfigError, DataError, ExportError, ModelFileError, GateFailed, DeviceUnavailable))
+)
