@@ -1,0 +1,268 @@
+"""Train the registered model with the reference recipe, resumable after any interruption.
+
+After every complete epoch the trainer saves, atomically, one checkpoint holding the model
+and optimizer variables (so the learning-rate schedule position and dropout seed state too),
+the early-stopping state and the history; when validation loss improves it saves the best
+weights first. A rerun with the same run directory continues from the last complete epoch,
+and since the input pipeline is a pure function of (seed, epoch), a resumed run with
+deterministic ops ends exactly like an uninterrupted one. SIGTERM (preemption) abandons the
+current step and raises `Preempted`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from job.atomic import atomic_path, atomic_write
+from job.config import Config
+from job.data import load_dataset
+from job.errors import ConfigError, Preempted
+from job.history import write_history
+from job.paths import RunPaths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Everything besides the variables that a resumed run needs; saved with them."""
+
+    config_digest: str
+    epochs_done: int = 0
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    patience_wait: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    stopped_early: bool
+    wall_seconds: float
+    devices: list[str]
+    config_digest: str
+
+    def summary(self) -> str:
+        how = "early stopping" if self.stopped_early else "epoch limit"
+        return (
+            f"trained {self.epochs_run} epochs ({how}); best epoch {self.best_epoch}: "
+            f"val_loss {self.best_val_loss:.4f}, val_accuracy {self.best_val_accuracy:.4f}; "
+            f"{self.wall_seconds:.0f} s on {', '.join(self.devices)}"
+        )
+
+    @classmethod
+    def load(cls, paths: RunPaths) -> TrainResult:
+        return cls(**json.loads(paths.train_result.read_text()))
+
+
+def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train (or resume, or return the finished result of) the run in `paths`."""
+    digest = config.training_digest()
+    if paths.train_result.exists():
+        done = TrainResult.load(paths)
+        if done.config_digest == digest:
+            log.info("training already complete in %s", paths.root)
+            return done
+    state = _load_state(paths, digest)
+
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy, devices = _strategy(tf)
+    log.info("training on %s", ", ".join(devices))
+    if config.train.mixed_precision:
+        if devices[0].startswith("CPU"):
+            log.warning("train.mixed_precision ignored: no GPU")
+        else:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+
+    data = load_dataset(config.data)
+    with strategy.scope():
+        model = _compiled_model(config)
+    if state.epochs_done:
+        _restore_variables(model, paths)
+        log.info("resuming after epoch %d (best val_loss %.4f at epoch %d)", state.epochs_done, state.best_val_loss, state.best_epoch)
+
+    train_cfg = config.train
+    from job import pipeline
+
+    steps = pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
+    tracker = _EpochTracker(state, paths, train_cfg.patience, train_cfg.min_delta)
+    started = time.monotonic()
+    if not state.stopped_early and state.epochs_done < train_cfg.epochs:
+        with _sigterm_raises_preempted(tracker):
+            model.fit(
+                pipeline.training_dataset(data.train_images, data.train_labels, train_cfg, state.epochs_done),
+                validation_data=pipeline.evaluation_dataset(data.val_images, data.val_labels, train_cfg.batch_size),
+                epochs=train_cfg.epochs,
+                initial_epoch=state.epochs_done,
+                steps_per_epoch=steps,
+                callbacks=[tracker, *callbacks],
+                shuffle=False,  # the pipeline shuffles, seeded per epoch
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+
+    best = state.history[state.best_epoch - 1]
+    result = TrainResult(
+        epochs_run=state.epochs_done,
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss,
+        best_val_accuracy=best["val_accuracy"],
+        stopped_early=state.stopped_early,
+        wall_seconds=round(time.monotonic() - started, 1),
+        devices=devices,
+        config_digest=digest,
+    )
+    atomic_write(paths.train_result, json.dumps(asdict(result), indent=2))
+    log.info(result.summary())
+    return result
+
+
+def _strategy(tf: Any) -> tuple[Any, list[str]]:
+    """All visible GPUs (mirrored when several), else the CPU."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([g.name for g in gpus]), [g.name for g in gpus]
+    if gpus:
+        return tf.distribute.get_strategy(), [gpus[0].name]
+    return tf.distribute.get_strategy(), ["CPU"]
+
+
+def _compiled_model(config: Config) -> Any:
+    from job.model import build_model
+
+    cfg = config.train
+    schedule = keras.optimizers.schedules.InverseTimeDecay(cfg.learning_rate, decay_steps=1, decay_rate=cfg.lr_decay)
+    model = build_model(config.model.name)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def _variables(model: Any) -> list[Any]:
+    return [*model.variables, *model.optimizer.variables]
+
+
+# --- checkpoint: one .npz holding the variables and the TrainState as JSON (no pickle) ----------
+
+
+def _checkpoint_file(paths: RunPaths) -> Path:
+    return paths.state_dir / "checkpoint.npz"
+
+
+def _load_state(paths: RunPaths, digest: str) -> TrainState:
+    file = _checkpoint_file(paths)
+    if not file.exists():
+        return TrainState(config_digest=digest)
+    with np.load(file, allow_pickle=False) as npz:
+        state = TrainState(**json.loads(str(npz["state"])))
+    if state.config_digest != digest:
+        raise ConfigError(
+            f"run directory {paths.root}: holds a checkpoint of a different training config "
+            f"(digest {state.config_digest[:12]}, now {digest[:12]}); use a new --out"
+        )
+    return state
+
+
+def _save_checkpoint(model: Any, state: TrainState, paths: RunPaths) -> None:
+    paths.state_dir.mkdir(exist_ok=True)
+    arrays = {f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(_variables(model))}
+    names = [v.path for v in _variables(model)]
+    with atomic_path(_checkpoint_file(paths)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, state=np.array(json.dumps(asdict(state))), names=np.array(names), **arrays)
+
+
+def _restore_variables(model: Any, paths: RunPaths) -> None:
+    variables = _variables(model)
+    with np.load(_checkpoint_file(paths), allow_pickle=False) as npz:
+        names = list(npz["names"])
+        if names != [v.path for v in variables]:
+            raise ConfigError(f"checkpoint {_checkpoint_file(paths)}: variables do not match model {model.name}")
+        for i, v in enumerate(variables):
+            v.assign(npz[f"v{i:04d}"])
+
+
+# --- the callback that owns early stopping, best weights and the checkpoint -----------------
+
+
+class _EpochTracker(keras.callbacks.Callback):
+    """Early stopping with persisted state; best weights and the resume checkpoint every epoch.
+
+    Keras' own EarlyStopping keeps its state in memory only, so a resumed run would forget
+    its patience count and its best weights.
+    """
+
+    def __init__(self, state: TrainState, paths: RunPaths, patience: int, min_delta: float):
+        super().__init__()
+        self.state, self.paths, self.patience, self.min_delta = state, paths, patience, min_delta
+        self.preempted = False
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.preempted:
+            raise Preempted(f"SIGTERM during epoch {self.state.epochs_done + 1}; epochs 1..{self.state.epochs_done} are saved, rerun to resume")
+
+    on_test_batch_end = on_train_batch_end
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        s = self.state
+        val_loss = float(logs["val_loss"])
+        if val_loss < s.best_val_loss - self.min_delta:
+            s.best_val_loss, s.best_epoch, s.patience_wait = val_loss, epoch + 1, 0
+            with atomic_path(self.paths.best_weights) as tmp:
+                weights = tmp.with_name(tmp.name + ".weights.h5")  # Keras insists on the suffix
+                self.model.save_weights(weights)
+                weights.replace(tmp)
+        else:
+            s.patience_wait += 1
+        s.stopped_early = s.patience_wait >= self.patience
+        logs.update(
+            learning_rate=float(self.model.optimizer.learning_rate),
+            best_val_loss=s.best_val_loss,
+            best_epoch=s.best_epoch,
+            patience_wait=s.patience_wait,
+        )
+        s.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        s.epochs_done = epoch + 1
+        _save_checkpoint(self.model, s, self.paths)
+        write_history(s.history, self.paths)
+        if s.stopped_early:
+            log.info("early stopping: val_loss has not improved for %d epochs; best epoch %d", s.patience_wait, s.best_epoch)
+            self.model.stop_training = True
+        if self.preempted:
+            raise Preempted(f"SIGTERM after epoch {s.epochs_done}; saved, rerun to resume")
+
+
+@contextlib.contextmanager
+def _sigterm_raises_preempted(tracker: _EpochTracker) -> Iterator[None]:
+    """Turn SIGTERM into a flag the tracker acts on at the next step boundary."""
+
+    def handler(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: stopping at the next step boundary")
+        tracker.preempted = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
