@@ -89,9 +89,8 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _prepare(config: Config) -> RunPaths:
-    paths = RunPaths(config.out).prepare()
-    config.write(paths.config)
-    return paths
+    """The run directory, checked writable; stages create it once their inputs verify."""
+    return RunPaths(config.out).check_writable()
 
 
 @main.command()

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from job.errors import ConfigError
+
+if TYPE_CHECKING:
+    from job.config import Config
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,20 @@ class RunPaths:
     def publish_result(self) -> Path:  # where the model went; written last by `publish`
         return self.root / "publish.json"
 
-    def prepare(self) -> RunPaths:
-        """Create the run directory and prove it is writable before any work starts."""
+    def check_writable(self) -> RunPaths:
+        """Fail before any work if the run directory cannot be written; leaves nothing behind."""
+        existing = self.root
+        while not existing.exists():
+            existing = existing.parent
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+            tempfile.TemporaryFile(dir=existing).close()
         except OSError as e:
-            raise ConfigError(f"output directory {self.root}: not writable ({e.strerror})") from None
+            raise ConfigError(f"output directory {self.root}: not writable ({e.strerror} at {existing})") from None
         return self
+
+    def begin(self, config: Config) -> None:
+        """Create the run directory and record the effective config; call once inputs are verified."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        config.write(self.config)

@@ -81,6 +81,8 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) 
             log.info("training already complete in %s", paths.root)
             return done
     state = _load_state(paths, digest)
+    data = load_dataset(config.data)
+    paths.begin(config)
 
     import tensorflow as tf
 
@@ -95,7 +97,6 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) 
         else:
             keras.mixed_precision.set_global_policy("mixed_float16")
 
-    data = load_dataset(config.data)
     with strategy.scope():
         model = _compiled_model(config)
     if state.epochs_done:
