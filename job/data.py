@@ -86,9 +86,9 @@ def load_dataset(cfg: DataConfig) -> CifarData:
     else:
         raise DataError(f"data {path}: no such file or directory")
 
-    class_names = _class_names(files)
-    train_x, train_y = _concat([_batch(files, name) for name in TRAIN_BATCHES])
-    test_x, test_y = _batch(files, TEST_BATCH)
+    class_names = _class_names(files, path)
+    train_x, train_y = _concat([_batch(files, name, path) for name in TRAIN_BATCHES])
+    test_x, test_y = _batch(files, TEST_BATCH, path)
     if cfg.train_limit:
         train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
     if cfg.test_limit:
@@ -170,7 +170,7 @@ def _download(url: str, cfg: DataConfig) -> Path:
 def _read_archive(path: Path, max_bytes: int) -> dict[str, bytes]:
     """Read the batch members into memory, after checking that every member is safe."""
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:gz") as tar:
             members = tar.getmembers()
             total = 0
             for m in members:
@@ -187,7 +187,7 @@ def _read_archive(path: Path, max_bytes: int) -> dict[str, bytes]:
             wanted = {posixpath.basename(m.name): m for m in members if m.isfile()}
             return {name: tar.extractfile(m).read() for name, m in wanted.items() if name in (*TRAIN_BATCHES, TEST_BATCH, META)}
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"data {path}: not a readable tar archive ({e})") from None
+        raise DataError(f"data {path}: not a readable .tar.gz archive ({e})") from None
 
 
 def _read_directory(path: Path) -> dict[str, bytes]:
@@ -222,40 +222,42 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(name: str, files: dict[str, bytes]) -> dict[bytes, Any]:
+def _unpickle(name: str, files: dict[str, bytes], origin: Path) -> dict[bytes, Any]:
+    where = f"data {origin} [{name}]"
     if name not in files:
-        raise DataError(f"data {name}: missing from the source")
+        raise DataError(f"{where}: missing")
     try:
         obj = _RestrictedUnpickler(io.BytesIO(files[name]), encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DataError(f"data {name}: refused to unpickle: {e}") from None
+        raise DataError(f"{where}: refused to unpickle: {e}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        raise DataError(f"data {name}: truncated or corrupt pickle ({type(e).__name__})") from None
+        raise DataError(f"{where}: truncated or corrupt pickle ({type(e).__name__})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"data {name}: expected a dict, got {type(obj).__name__}")
+        raise DataError(f"{where}: expected a dict, got {type(obj).__name__}")
     return obj
 
 
-def _batch(files: dict[str, bytes], name: str) -> tuple[np.ndarray, np.ndarray]:
+def _batch(files: dict[str, bytes], name: str, origin: Path) -> tuple[np.ndarray, np.ndarray]:
     """Verify one batch and return its images as NHWC uint8 and labels as int64."""
-    d = _unpickle(name, files)
+    where = f"data {origin} [{name}]"
+    d = _unpickle(name, files, origin)
     data, labels = d.get(b"data"), d.get(b"labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (IMAGES_PER_BATCH, PIXELS):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"data {name}: b'data' must be uint8 ({IMAGES_PER_BATCH}, {PIXELS}), got {got}")
+        raise DataError(f"{where}: b'data' must be uint8 ({IMAGES_PER_BATCH}, {PIXELS}), got {got}")
     if not isinstance(labels, list) or len(labels) != IMAGES_PER_BATCH or not all(type(v) is int for v in labels):
-        raise DataError(f"data {name}: b'labels' must be a list of {IMAGES_PER_BATCH} ints")
+        raise DataError(f"{where}: b'labels' must be a list of {IMAGES_PER_BATCH} ints")
     y = np.asarray(labels, dtype=np.int64)
     bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
     if bad.size:
-        raise DataError(f"data {name}: label {y[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1}")
+        raise DataError(f"{where}: label {y[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1}")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), y
 
 
-def _class_names(files: dict[str, bytes]) -> tuple[str, ...]:
-    names = _unpickle(META, files).get(b"label_names")
+def _class_names(files: dict[str, bytes], origin: Path) -> tuple[str, ...]:
+    names = _unpickle(META, files, origin).get(b"label_names")
     if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, bytes) for n in names):
-        raise DataError(f"data {META}: b'label_names' must list {NUM_CLASSES} names")
+        raise DataError(f"data {origin} [{META}]: b'label_names' must list {NUM_CLASSES} names")
     return tuple(n.decode() for n in names)
 
 

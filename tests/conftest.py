@@ -1,0 +1,67 @@
+"""Shared fixtures: the real CIFAR-10 archive, and CIFAR-format archives the tests build."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar-10-python.tar.gz"
+REAL_SHA256 = "bacb65a76d54dccc7e298ac217f75c31f4cce42077e544942e9f82f296a5caf7"
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    """The real data set (a faithful rebuild, see shared/data/cifar10/README.md)."""
+    assert REAL_ARCHIVE.is_file(), f"real CIFAR-10 archive missing at {REAL_ARCHIVE}"
+    return REAL_ARCHIVE
+
+
+def batch_bytes(data: np.ndarray | None = None, labels: list[int] | None = None, **extra: object) -> bytes:
+    """A CIFAR batch pickled as the canonical archive has it (protocol 2, bytes keys)."""
+    if data is None:
+        data = np.tile(np.arange(3072, dtype=np.uint8), (10_000, 1))
+    if labels is None:
+        labels = [i % 10 for i in range(10_000)]
+    return pickle.dumps({b"batch_label": b"synthetic", b"labels": labels, b"data": data, **extra}, protocol=2)
+
+
+@pytest.fixture(scope="session")
+def cifar_files() -> dict[str, bytes]:
+    """Member name -> bytes of a complete, valid, synthetic CIFAR-10 python archive."""
+    files = {f"data_batch_{i}": batch_bytes() for i in range(1, 6)}
+    files["test_batch"] = batch_bytes()
+    files["batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}, protocol=2)
+    return files
+
+
+def write_archive(path: Path, files: dict[str, bytes], extra: Callable[[tarfile.TarFile], None] | None = None) -> Path:
+    """Write `files` under cifar-10-batches-py/ into a .tar.gz; `extra` may add hostile members."""
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        if extra:
+            extra(tar)
+    return path
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path, cifar_files: dict[str, bytes]) -> Callable[..., Path]:
+    """Build an archive from the valid files with some replaced (None removes one)."""
+
+    def make(name: str = "cifar.tar.gz", extra: Callable[[tarfile.TarFile], None] | None = None, **replace: bytes | None) -> Path:
+        files = {**cifar_files, **{k.replace("__", "."): v for k, v in replace.items()}}
+        return write_archive(tmp_path / name, {k: v for k, v in files.items() if v is not None}, extra)
+
+    return make
