@@ -217,6 +217,19 @@ class _EpochTracker(keras.callbacks.Callback):
         super().__init__()
         self.state, self.paths, self.patience, self.min_delta = state, paths, patience, min_delta
         self.preempted = False
+        self.inference_model: Any = None
+
+    def _save_best_weights(self) -> None:
+        """Model weights only (no optimizer state): what export and serving load."""
+        if self.inference_model is None:
+            from job.model import build_model
+
+            self.inference_model = build_model(self.model.name)
+        self.inference_model.set_weights(self.model.get_weights())
+        with atomic_path(self.paths.best_weights) as tmp:
+            weights = tmp.with_name(tmp.name + ".weights.h5")  # Keras insists on the suffix
+            self.inference_model.save_weights(weights)
+            weights.replace(tmp)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.preempted:
@@ -230,10 +243,7 @@ class _EpochTracker(keras.callbacks.Callback):
         val_loss = float(logs["val_loss"])
         if val_loss < s.best_val_loss - self.min_delta:
             s.best_val_loss, s.best_epoch, s.patience_wait = val_loss, epoch + 1, 0
-            with atomic_path(self.paths.best_weights) as tmp:
-                weights = tmp.with_name(tmp.name + ".weights.h5")  # Keras insists on the suffix
-                self.model.save_weights(weights)
-                weights.replace(tmp)
+            self._save_best_weights()
         else:
             s.patience_wait += 1
         s.stopped_early = s.patience_wait >= self.patience

@@ -1,0 +1,148 @@
+"""Training on a slice of the real archive: artifacts, resume, and preemption by SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from job.cli import main
+from job.config import load_config
+from job.pipeline import training_dataset
+
+SLICE = ["--set", "data.train_limit=1500", "--set", "data.test_limit=100"]
+
+
+def _train_args(real_archive: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(real_archive), "--out", str(out), *SLICE, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(real_archive: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "run"
+    result = CliRunner().invoke(main, _train_args(real_archive, out, "--epochs", "2"))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_training_writes_weights_history_plots_and_result(trained: Path) -> None:
+    history = json.loads((trained / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "best_val_loss", "best_epoch"):
+        assert all(np.isfinite(row[key]) for row in history), key
+    assert history[1]["learning_rate"] < history[0]["learning_rate"] < 0.01  # time-based decay per step
+    csv_lines = (trained / "history.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,") and len(csv_lines) == 3
+    for plot in ("loss", "accuracy"):
+        assert (trained / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = json.loads((trained / "train.json").read_text())
+    best = min(history, key=lambda row: row["val_loss"])
+    assert (result["best_epoch"], result["best_val_loss"]) == (best["epoch"], best["val_loss"])
+    assert result["epochs_run"] == 2 and result["devices"] == ["CPU"]
+
+    with h5py.File(trained / "best.weights.h5") as weights:  # a plain Keras weights file
+        assert sum(a.size for a in _arrays(weights).values()) == 2_193_226
+    effective = (trained / "config.yaml").read_text()
+    assert "epochs: 2" in effective and "train_limit: 1500" in effective
+
+
+def test_best_weights_load_into_the_registered_model(trained: Path) -> None:
+    from job.model import build_model
+
+    model = build_model("reference_cnn")
+    model.load_weights(trained / "best.weights.h5")
+    probabilities = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_rerun_of_a_finished_run_does_not_train_again(trained: Path, real_archive: Path) -> None:
+    before = (trained / "state" / "checkpoint.npz").stat().st_mtime_ns
+    result = CliRunner().invoke(main, _train_args(real_archive, trained, "--epochs", "2"))
+    assert result.exit_code == 0
+    assert result.stdout.startswith("trained 2 epochs (epoch limit)")
+    assert (trained / "state" / "checkpoint.npz").stat().st_mtime_ns == before
+
+
+def test_a_different_training_config_cannot_reuse_the_run_directory(trained: Path, real_archive: Path) -> None:
+    (trained / "train.json").rename(trained / "train.json.bak")
+    try:
+        result = CliRunner().invoke(main, _train_args(real_archive, trained, "--epochs", "3", "--seed", "7"))
+    finally:
+        (trained / "train.json.bak").rename(trained / "train.json")
+    assert result.exit_code == 2
+    assert "holds a checkpoint of a different training config" in result.stderr
+
+
+def test_input_pipeline_is_a_function_of_seed_and_epoch(real_archive: Path) -> None:
+    """What makes a resumed run see the same batches as an uninterrupted one."""
+    cfg = load_config(env={}, overrides={"train.epochs": 3, "train.batch_size": 8}).train
+    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    from_start = [x.numpy() for x, _ in training_dataset(images, labels, cfg, first_epoch=0)]
+    resumed = [x.numpy() for x, _ in training_dataset(images, labels, cfg, first_epoch=2)]
+    assert len(from_start) == 9 and len(resumed) == 3  # ceil(20 / 8) batches per epoch
+    assert all(np.array_equal(a, b) for a, b in zip(from_start[6:], resumed))
+    assert not np.array_equal(from_start[0], from_start[3])  # each epoch its own order and augmentation
+    assert all(0.0 <= b.min() and b.max() <= 1.0 for b in from_start)
+
+
+# --- preemption ---------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "job", *args]
+
+
+def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(real_archive: Path, tmp_path: Path) -> None:
+    """A real training process is preempted mid-epoch and restarted on the same run directory."""
+    args = ["--set", "data.train_limit=5000", "--set", "data.test_limit=100", "--epochs", "6"]
+    args += ["--set", "train.patience=2", "--set", "train.deterministic=true", "--seed", "3"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    straight = tmp_path / "straight"
+    subprocess.run(_cli("train", "--data", str(real_archive), "--out", str(straight), *args), env=env, check=True, capture_output=True)
+
+    preempted = tmp_path / "preempted"
+    command = _cli("train", "--data", str(real_archive), "--out", str(preempted), *args)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = preempted / "history.json"
+    deadline = time.monotonic() + 300
+    while not history.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("cifar-job: error: SIGTERM during epoch ") and last_line.endswith("rerun to resume")
+    epochs_saved = len(json.loads(history.read_text()))
+    assert not (preempted / "train.json").exists()
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {epochs_saved}" in resumed.stderr
+
+    a, b = (json.loads((run / "train.json").read_text()) for run in (straight, preempted))
+    assert epochs_saved < b["epochs_run"]
+    for key in ("epochs_run", "best_epoch", "best_val_loss", "stopped_early"):
+        assert a[key] == b[key], key
+    assert json.loads((straight / "history.json").read_text()) == json.loads(history.read_text())
+    with h5py.File(straight / "best.weights.h5") as wa, h5py.File(preempted / "best.weights.h5") as wb:
+        arrays_a, arrays_b = _arrays(wa), _arrays(wb)
+    assert arrays_a.keys() == arrays_b.keys() and all(np.array_equal(arrays_a[k], arrays_b[k]) for k in arrays_a)
+
+
+def _arrays(group: h5py.Group) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    group.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
