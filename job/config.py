@@ -35,7 +35,7 @@ class DataConfig(_Section):
     checksum: str | None = Field(
         None,
         pattern=r"^(none|md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})$",
-        description="Expected archive checksum as md5:<hex> or sha256:<hex>; 'none' skips it. "
+        description="Expected archive checksum as md5:HEX or sha256:HEX; 'none' skips it. "
         "Unset: the canonical md5 for the canonical URL, no check otherwise.",
     )
     cache_dir: Path = Field(Path("~/.cache/cifar-job"), description="Where downloaded archives are kept.")
@@ -94,10 +94,14 @@ class PublishConfig(_Section):
 class MetricsConfig(_Section):
     port: int = Field(0, ge=0, le=65535, description="Port of the /metrics endpoint; 0 turns it off.")
     address: str = Field("127.0.0.1", description="Address the /metrics endpoint binds to (0.0.0.0 in a pod).")
-    pushgateway_url: str | None = Field(None, description="Pushgateway for the run's outcome; unset: no push.")
+    pushgateway_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="Pushgateway base URL (http://host:9091) for the run's outcome; unset: no push."
+    )
     job_name: str = Field("cifar-job", min_length=1, description="Pushgateway grouping key 'job'.")
     run_id: str | None = Field(None, description="Pushgateway grouping key 'run_id'; default: the run directory's name.")
-    linger_seconds: float = Field(0.0, ge=0, le=3600, description="Keep /metrics up this long after the run ends.")
+    linger_seconds: float = Field(
+        0.0, ge=0, le=3600, description="After the run ends, keep /metrics up until it is scraped once more, at most this long."
+    )
 
 
 class Config(_Section):
@@ -227,3 +231,17 @@ def _known_keys(loc: tuple[Any, ...]) -> str:
         return ", ".join(["out", *SECTION_NAMES])
     section = SECTIONS.get(loc[0]) or SECTIONS.get(f"{loc[0]}_")
     return ", ".join(section.model_fields) if section else "?"
+
+
+def reference_markdown() -> str:
+    """Every key with its default and meaning, as the README's configuration table."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    defaults = Config().to_dict()
+    lines.append(f"| `out` | `{defaults['out']}` | {Config.model_fields['out'].description} |")
+    for name, section in SECTIONS.items():
+        alias = Config.model_fields[name].alias or name
+        for key, field in section.model_fields.items():
+            default = defaults[alias][key]
+            shown = "unset" if default is None else f"`{default}`"
+            lines.append(f"| `{alias}.{key}` | {shown} | {field.description} |")
+    return "\n".join(lines) + "\n"
