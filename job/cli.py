@@ -55,6 +55,7 @@ _FLAG_KEYS = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "seed": "train.seed",
+    "device": "validate.device",  # declared by the commands that validate (see the ONNX block below)
 }
 
 
@@ -119,3 +120,54 @@ def data_verify(config: Config) -> None:
 
     dataset = load_dataset(config.data)
     click.echo(dataset.describe())
+
+
+# --- ONNX export, validation, quality gate, publishing, and the end-to-end run ----------------
+
+_device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "gpu", "cpu"]),
+    help="onnxruntime execution provider: auto (CUDA, else CPU with a warning), gpu (CUDA or fail), cpu.  [default: auto]",
+)
+
+
+@main.command("export")
+@config_options
+def export_command(config: Config) -> None:
+    """Convert the best weights to ONNX (model.onnx) and prove it matches Keras on real images."""
+    from export.onnx import export_onnx
+
+    click.echo(export_onnx(config, _prepare(config)).summary())
+
+
+@main.command()
+@_device_option
+@config_options
+def validate(config: Config) -> None:
+    """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate."""
+    from export.validate import validate_model
+
+    click.echo(validate_model(config, _prepare(config)).summary())
+
+
+@main.command()
+@config_options
+def publish(config: Config) -> None:
+    """Publish the validated model as the next version under publish.root, if it passes the gate."""
+    from export.publish import publish_model
+
+    click.echo(publish_model(config, _prepare(config)).summary())
+
+
+@main.command()
+@_device_option
+@config_options
+def run(config: Config) -> None:
+    """Train, export, validate and publish in one go (the container's default).
+
+    Rerun with the same --out to resume at the first incomplete stage.
+    """
+    from job.stages import run_stages
+
+    for stage, result in run_stages(config, _prepare(config)):
+        click.echo(f"{stage}: {result.summary()}")

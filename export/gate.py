@@ -1,0 +1,57 @@
+"""The quality gate: absolute floors on accuracy and weighted F1, and an optional cap on regression.
+
+Pure and small on purpose: `validate` evaluates it to report the verdict, and `publish`
+evaluates it again under the publishing lock, against the model published at that moment,
+so a model is never published on the strength of a stale verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from job.config import GateConfig
+
+GATED_METRICS = ("accuracy", "weighted_f1")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    failures: tuple[str, ...]
+    thresholds: dict[str, float | None]
+    baseline_version: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "failures": list(self.failures),
+            "thresholds": self.thresholds,
+            "baseline_version": self.baseline_version,
+        }
+
+    def describe(self) -> str:
+        if self.passed:
+            return "quality gate passed"
+        return "quality gate failed: " + "; ".join(self.failures)
+
+
+def check_gate(metrics: Mapping[str, Any], gate: GateConfig, baseline: Mapping[str, Any] | None = None) -> GateResult:
+    """Judge `metrics` (accuracy, weighted_f1); `baseline` is the published model's sidecar, if any."""
+    floors = {"accuracy": gate.min_accuracy, "weighted_f1": gate.min_weighted_f1}
+    failures = [
+        f"{name} {metrics[name]:.4f} < {floor:.4f} (gate.min_{name})" for name, floor in floors.items() if metrics[name] < floor
+    ]
+    version = None
+    if gate.max_regression is not None and baseline is not None:
+        version = baseline["version"]
+        for name in GATED_METRICS:
+            published = baseline["metrics"][name]
+            if metrics[name] < published - gate.max_regression:
+                failures.append(
+                    f"{name} {metrics[name]:.4f} is more than {gate.max_regression:.4f} below published "
+                    f"version {version} ({published:.4f}) (gate.max_regression)"
+                )
+    thresholds = {"min_accuracy": gate.min_accuracy, "min_weighted_f1": gate.min_weighted_f1, "max_regression": gate.max_regression}
+    return GateResult(passed=not failures, failures=tuple(failures), thresholds=thresholds, baseline_version=version)

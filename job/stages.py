@@ -1,0 +1,113 @@
+"""`cifar-job run`: train -> export -> validate -> publish, resuming at the first incomplete stage.
+
+A stage is complete when its marker exists and still matches its inputs: train.json holds
+the training config digest, export.json the sha256 of the weights it converted (and its
+settings) and of the model it wrote, metrics.json the sha256 of the model it measured,
+publish.json the sha256 of the model it published and where. A stage that is redone changes
+what the next one finds, so every later stage is redone too and no stale artifact is reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from export.modelfile import sha256_file
+from export.onnx import export_onnx
+from export.publish import MODEL_FILE, publish_model
+from export.validate import validate_model
+from job.config import Config
+from job.data import load_dataset
+from job.paths import RunPaths
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "export", "validate", "publish")
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _trained(config: Config, paths: RunPaths) -> bool:
+    marker = _marker(paths.train_result)
+    return bool(marker) and marker.get("config_digest") == config.training_digest() and paths.best_weights.is_file()
+
+
+def _exported(config: Config, paths: RunPaths) -> bool:
+    marker = _marker(paths.export_result)
+    return (
+        bool(marker)
+        and marker.get("settings") == config.export.model_dump(mode="json")
+        and marker.get("weights_sha256") == _sha256(paths.best_weights)
+        and marker.get("onnx_sha256") == _sha256(paths.onnx)
+    )
+
+
+def _validated(config: Config, paths: RunPaths) -> bool:
+    marker = _marker(paths.metrics_json)
+    return bool(marker) and marker.get("model", {}).get("sha256") == _sha256(paths.onnx)
+
+
+def _published(config: Config, paths: RunPaths) -> bool:
+    marker = _marker(paths.publish_result)
+    if not marker or marker.get("validated_sha256") != _sha256(paths.onnx):
+        return False
+    where = Path(marker.get("directory", ""))
+    return where.parent == config.publish.root / config.publish.model_name and marker.get("sha256") == _sha256(where / MODEL_FILE)
+
+
+_COMPLETE = {"train": _trained, "export": _exported, "validate": _validated, "publish": _published}
+
+
+def first_incomplete(config: Config, paths: RunPaths) -> str | None:
+    """The first stage whose marker is missing or stale; None when the whole run is done."""
+    return next((stage for stage in STAGES if not _COMPLETE[stage](config, paths)), None)
+
+
+def run_stages(
+    config: Config,
+    paths: RunPaths,
+    train_callbacks: Sequence[Any] = (),
+    on_stage: Callable[[str, Any, float], None] | None = None,
+) -> list[tuple[str, Any]]:
+    """Run from the first incomplete stage to the end; `on_stage(name, result, seconds)` follows each stage."""
+    start = first_incomplete(config, paths)
+    if start is None:
+        log.info("run %s: every stage is complete; nothing to do", paths.root)
+        return []
+    todo = STAGES[STAGES.index(start) :]
+    log.info("run %s: %s %s", paths.root, "starting with" if start == "train" else "resuming at", " -> ".join(todo))
+    dataset = functools.cache(lambda: load_dataset(config.data))  # shared by export and validate
+    runners = {
+        "train": lambda: _train(config, paths, train_callbacks),
+        "export": lambda: export_onnx(config, paths, dataset()),
+        "validate": lambda: validate_model(config, paths, dataset()),
+        "publish": lambda: publish_model(config, paths),
+    }
+    results = []
+    for stage in todo:
+        began = time.monotonic()
+        result = runners[stage]()
+        if on_stage is not None:
+            on_stage(stage, result, time.monotonic() - began)
+        results.append((stage, result))
+    return results
+
+
+def _train(config: Config, paths: RunPaths, callbacks: Sequence[Any]) -> Any:
+    from job.train import train_model  # imports Keras
+
+    return train_model(config, paths, callbacks=callbacks)

@@ -1,0 +1,216 @@
+"""Publishing into a serving layout: versions, sidecar, the gate under the lock, and crashes mid-publish."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from export.modelfile import load_onnx, metadata
+from export.publish import latest, versions
+from export.validate import validate_model
+from job.cli import main
+from job.config import load_config
+from job.data import load_dataset
+from job.paths import RunPaths
+
+from .onnx_models import fit_mean_colour, mean_colour_model
+
+NO_GATE = ["--set", "gate.min_accuracy=0", "--set", "gate.min_weighted_f1=0"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def validated(real_archive: Path, tmp_path_factory) -> dict[str, Path]:
+    """Two validated run directories: `good` (a fitted model) and `worse` (always answers 'airplane')."""
+    data = load_dataset(load_config(env={}, overrides={"data.source": str(real_archive)}).data)
+    bias = np.zeros(10)
+    bias[0] = 1.0
+    models = {"good": mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels)), "worse": mean_colour_model(np.zeros((3, 10)), bias)}
+    runs = {}
+    for name, model in models.items():
+        run = tmp_path_factory.mktemp(name) / "run"
+        run.mkdir()
+        (run / "model.onnx").write_bytes(model.SerializeToString())
+        config = load_config(env={}, overrides={"out": str(run), "data.source": str(real_archive), "gate.min_accuracy": 0, "gate.min_weighted_f1": 0})
+        validate_model(config, RunPaths(run), data)
+        runs[name] = run
+    accuracy = {name: json.loads((run / "metrics.json").read_text())["accuracy"] for name, run in runs.items()}
+    assert accuracy["good"] > accuracy["worse"] == 0.1
+    return runs
+
+
+@pytest.fixture
+def runs(validated: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """Fresh copies, so that each test sees run directories without publish.json."""
+    return {name: shutil.copytree(run, tmp_path / name) for name, run in validated.items()}
+
+
+def _publish(run: Path, root: Path, *args: str):
+    return CliRunner().invoke(main, ["publish", "--out", str(run), "--set", f"publish.root={root}", *args])
+
+
+def _published(root: Path, version: int) -> Path:
+    return root / "cifar10-cnn" / str(version)
+
+
+def _intact(version_dir: Path) -> bool:
+    """A complete version: both files, and the model's sha256 is the one its sidecar records."""
+    sidecar = json.loads((version_dir / "metadata.json").read_text())
+    return sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx"] and sidecar["sha256"] == _sha(version_dir / "model.onnx")
+
+
+def test_publish_writes_the_serving_layout_with_sidecar_and_metrics_in_the_model(runs, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    result = _publish(runs["good"], root, *NO_GATE)
+    assert result.exit_code == 0, result.output
+    version_dir = _published(root, 1)
+    assert result.stdout.strip() == f"published: {version_dir}/model.onnx (version 1, sha256 {_sha(version_dir / 'model.onnx')[:12]})"
+    assert _intact(version_dir) and versions(root / "cifar10-cnn") == [1]
+
+    metrics = json.loads((runs["good"] / "metrics.json").read_text())
+    sidecar = json.loads((version_dir / "metadata.json").read_text())
+    assert sidecar["name"] == "cifar10-cnn" and sidecar["version"] == 1 and sidecar["file"] == "model.onnx"
+    assert sidecar["validated_sha256"] == metrics["model"]["sha256"] == _sha(runs["good"] / "model.onnx")
+    assert sidecar["size_bytes"] == (version_dir / "model.onnx").stat().st_size
+    assert sidecar["class_names"] == metrics["class_names"]
+    for key in ("accuracy", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"):
+        assert sidecar["metrics"][key] == metrics[key], key
+    assert sidecar["gate"]["passed"] and sidecar["signature"]["input"]["name"] == "images"
+
+    # The published model is the validated graph with the test metrics stamped into metadata_props.
+    validated_model = onnx.load(runs["good"] / "model.onnx")
+    published = load_onnx((version_dir / "model.onnx").read_bytes(), "published")
+    assert published.graph == validated_model.graph
+    assert json.loads(metadata(published)["test_metrics"]) == sidecar["metrics"]
+    served = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    stamped = json.loads(served.get_modelmeta().custom_metadata_map["test_metrics"])
+    assert stamped["accuracy"] == metrics["accuracy"] and stamped["images"] == 10_000
+
+    record = json.loads((runs["good"] / "publish.json").read_text())
+    assert record["version"] == 1 and record["newly_published"] and record["sha256"] == sidecar["sha256"]
+
+    again = _publish(runs["good"], root, *NO_GATE)  # the same model is not published twice
+    assert again.exit_code == 0 and again.stdout.startswith("already published:") and versions(root / "cifar10-cnn") == [1]
+
+
+def test_versions_increase_and_latest_is_the_highest(runs, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    assert _publish(runs["good"], root, *NO_GATE).exit_code == 0
+    assert _publish(runs["worse"], root, *NO_GATE).exit_code == 0
+    assert versions(root / "cifar10-cnn") == [1, 2]
+    newest = latest(load_config(env={}, overrides={"publish.root": str(root)}).publish)
+    assert newest["version"] == 2 and newest["validated_sha256"] == _sha(runs["worse"] / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "quality gate failed: accuracy 0.1000 < 0.7562 (gate.min_accuracy); weighted_f1 "),
+        ([*NO_GATE, "--set", "gate.max_regression=0.05"], "accuracy 0.1000 is more than 0.0500 below published version 1 ("),
+    ],
+)
+def test_a_failed_gate_publishes_nothing_and_exits_6(runs, tmp_path: Path, args: list[str], message: str) -> None:
+    root = tmp_path / "models"
+    assert _publish(runs["good"], root, *NO_GATE).exit_code == 0
+    before = _sha(_published(root, 1) / "model.onnx")
+
+    result = _publish(runs["worse"], root, *args)
+    assert result.exit_code == 6, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cifar-job: error: ") and message in last and last.endswith("; nothing published")
+    assert versions(root / "cifar10-cnn") == [1] and _sha(_published(root, 1) / "model.onnx") == before
+    assert not (runs["worse"] / "publish.json").exists()
+    assert [p.name for p in (root / "cifar10-cnn").iterdir() if not p.name.isdigit()] == [".publish.lock"]
+
+
+def test_a_model_changed_after_validation_is_refused(runs, tmp_path: Path) -> None:
+    (runs["good"] / "model.onnx").write_bytes((runs["worse"] / "model.onnx").read_bytes())
+    result = _publish(runs["good"], tmp_path / "models", *NO_GATE)
+    assert result.exit_code == 5
+    assert "changed since it was validated (metrics.json); run `cifar-job validate` again" in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_publishing_needs_a_validated_model(runs, tmp_path: Path) -> None:
+    (runs["good"] / "metrics.json").unlink()
+    result = _publish(runs["good"], tmp_path / "models", *NO_GATE)
+    assert result.exit_code == 5 and "metrics.json: no such file; run `cifar-job validate` first" in result.stderr
+
+
+# --- crashes: a real publishing process is killed with SIGKILL at each step -------------------------
+
+# The audit hook kills the process the moment it reaches the step: no test seam in the code.
+KILLER = """
+import os, signal, sys
+event, needles = sys.argv[1], sys.argv[2].split("|")
+def hook(name, args):
+    if name == event and all(n in " ".join(map(str, args)) for n in needles):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from job.cli import main
+main(sys.argv[3:], prog_name="cifar-job")
+"""
+
+KILL_POINTS = {
+    "before writing the model": ("open", ".staging-|model.onnx"),
+    "before writing the sidecar": ("open", ".staging-|metadata.json"),
+    "before the rename": ("os.rename", ".staging-"),
+    "after the rename, before publish.json": ("os.rename", "publish.json"),
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_publish_killed_midway_leaves_the_previous_version_intact(runs, tmp_path: Path, point: str) -> None:
+    root = tmp_path / "models"
+    assert _publish(runs["good"], root, *NO_GATE).exit_code == 0
+    v1 = _sha(_published(root, 1) / "model.onnx")
+
+    event, needles = KILL_POINTS[point]
+    args = ["publish", "--out", str(runs["worse"]), "--set", f"publish.root={root}", *NO_GATE]
+    killed = subprocess.run([sys.executable, "-c", KILLER, event, needles, *args], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr  # it really died at that step
+
+    model_dir = root / "cifar10-cnn"
+    renamed = point.startswith("after")
+    assert versions(model_dir) == ([1, 2] if renamed else [1])
+    assert _intact(_published(root, 1)) and _sha(_published(root, 1) / "model.onnx") == v1
+    assert renamed or any(p.name.startswith(".staging-") for p in model_dir.iterdir())  # the crash left its debris
+    assert not renamed or _intact(_published(root, 2))  # a visible version is always complete
+    assert not (runs["worse"] / "publish.json").exists()
+
+    rerun = _publish(runs["worse"], root, *NO_GATE)
+    assert rerun.exit_code == 0, rerun.output
+    assert rerun.stdout.startswith("already published:" if renamed else "published:")
+    assert versions(model_dir) == [1, 2] and _intact(_published(root, 2))
+    assert not any(p.name.startswith(".staging-") for p in model_dir.iterdir())
+
+
+def test_concurrent_publishers_get_distinct_versions(runs, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "job", "publish", "--out", str(run), "--set", f"publish.root={root}", *NO_GATE],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for run in runs.values()
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    model_dir = root / "cifar10-cnn"
+    assert versions(model_dir) == [1, 2] and all(_intact(model_dir / str(v)) for v in (1, 2))
+    published = {json.loads((model_dir / str(v) / "metadata.json").read_text())["validated_sha256"] for v in (1, 2)}
+    assert published == {_sha(run / "model.onnx") for run in runs.values()}
