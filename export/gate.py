@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from job.config import GateConfig
+from job.errors import GateFailed
 
 GATED_METRICS = ("accuracy", "weighted_f1")
 
@@ -35,6 +36,11 @@ class GateResult:
         if self.passed:
             return "quality gate passed"
         return "quality gate failed: " + "; ".join(self.failures)
+
+    def enforce(self, consequence: str = "") -> None:
+        """Raise `GateFailed` (exit 6) unless passed; callers record the verdict first, then enforce it."""
+        if not self.passed:
+            raise GateFailed(self.describe() + (f"; {consequence}" if consequence else ""))
 
 
 def check_gate(metrics: Mapping[str, Any], gate: GateConfig, baseline: Mapping[str, Any] | None = None) -> GateResult:

@@ -28,7 +28,7 @@ from export.gate import GateResult, check_gate
 from export.modelfile import load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_file
 from job.atomic import atomic_write, fsync_dir
 from job.config import Config, PublishConfig
-from job.errors import ConfigError, GateFailed, ModelFileError
+from job.errors import ConfigError, ModelFileError
 from job.model import INPUT_NAME, OUTPUT_NAME
 from job.paths import RunPaths
 
@@ -123,8 +123,7 @@ def publish_model(config: Config, paths: RunPaths) -> PublishResult:
 def _publish_new(config: Config, paths: RunPaths, metrics: dict[str, Any], model: Any, model_dir: Path) -> int:
     """Judge the gate against what is published now, then publish as the next version; call under the lock."""
     gate = check_gate(metrics, config.gate, latest(config.publish))
-    if not gate.passed:
-        raise GateFailed(f"{gate.describe()}; nothing published")
+    gate.enforce("nothing published")
     version = max(versions(model_dir), default=0) + 1
     provenance = metadata(model)
     set_metadata(model, {"test_metrics": json.dumps(_test_metrics(metrics))})

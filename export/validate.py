@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from export import publish, report
 from export.gate import GateResult, check_gate
 from export.modelfile import load_onnx, metadata, read_model, sha256
 from job.config import Config
 from job.data import CifarData, load_dataset, scale
-from job.errors import DeviceUnavailable, GateFailed, ModelFileError
+from job.errors import DeviceUnavailable, ModelFileError
 from job.model import INPUT_NAME, OUTPUT_NAME
 from job.paths import RunPaths
 
@@ -133,12 +134,11 @@ class ValidationResult:
 
 
 def validate_model(config: Config, paths: RunPaths, data: CifarData | None = None) -> ValidationResult:
-    """Validate the run's model.onnx on the test set, write metrics.json and the reports, apply the gate.
+    """Measure the run's model.onnx on the test set, judge it against the gate, write metrics.json and the reports.
 
-    The reports are written even when the gate fails (they say why); `GateFailed` follows.
+    The verdict is in the result; the caller enforces it (`result.gate.enforce()`) after recording
+    it, and `publish` judges it again before publishing anything.
     """
-    from export import publish, report
-
     blob = read_model(paths.onnx)
     model = load_onnx(blob, str(paths.onnx))
     session = open_session(blob, config.validate_.device, str(paths.onnx))
@@ -162,6 +162,4 @@ def validate_model(config: Config, paths: RunPaths, data: CifarData | None = Non
     paths.begin(config)
     report.write_reports(result, metadata(model), data, paths)
     log.info(result.summary())
-    if not result.gate.passed:
-        raise GateFailed(result.gate.describe())
     return result

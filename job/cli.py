@@ -147,7 +147,9 @@ def validate(config: Config) -> None:
     """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate."""
     from export.validate import validate_model
 
-    click.echo(validate_model(config, _prepare(config)).summary())
+    result = validate_model(config, _prepare(config))
+    click.echo(result.summary())
+    result.gate.enforce()
 
 
 @main.command()

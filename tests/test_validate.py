@@ -265,8 +265,9 @@ def test_validate_never_imports_tensorflow(real_archive: Path, tmp_path: Path, m
     assert done.stdout.strip().splitlines()[-1] == "exit 0 False False", done.stderr
 
 
-def test_gate_failure_is_raised_after_the_reports(real_archive: Path, tmp_path: Path, data, model) -> None:
+def test_validation_reports_a_failed_gate_and_leaves_enforcing_it_to_the_caller(real_archive: Path, tmp_path: Path, data, model) -> None:
     run = _run_dir(tmp_path, model)
-    with pytest.raises(GateFailed, match=r"^quality gate failed: accuracy 0\.\d{4} < 0\.7562 \(gate\.min_accuracy\)"):
-        validate_model(_config(real_archive, run, validate__device="cpu"), RunPaths(run), data)
-    assert {p.name for p in run.iterdir()} >= {"metrics.json", "model_card.md", "confusion_matrix.png"}
+    result = validate_model(_config(real_archive, run, validate__device="cpu"), RunPaths(run), data)
+    assert not result.gate.passed and {p.name for p in run.iterdir()} >= {"metrics.json", "model_card.md", "confusion_matrix.png"}
+    with pytest.raises(GateFailed, match=r"^quality gate failed: accuracy 0\.\d{4} < 0\.7562 \(gate\.min_accuracy\); weighted_f1 "):
+        result.gate.enforce()
