@@ -68,8 +68,10 @@ class TrainConfig(_Section):
 
 
 class ExportConfig(_Section):
-    opset: int = Field(17, ge=13, le=18, description="ONNX opset; 17 is read by onnxruntime >= 1.11 (Triton >= 22.04, KServe).")
-    parity_images: int = Field(1000, ge=1, description="Test images compared between Keras and onnxruntime.")
+    opset: int = Field(17, ge=13, le=18, description="ONNX opset; 17 needs onnxruntime >= 1.13 in the server (Triton, KServe); 13 for older runtimes.")
+    parity_images: int = Field(
+        1000, ge=1, description="Real images compared between Keras and onnxruntime (test images, topped up from validation/training)."
+    )
     parity_atol: float = Field(1e-4, gt=0, description="Largest allowed absolute difference of probabilities.")
 
 
