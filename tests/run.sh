@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real servers and tools the tests start themselves on 127.0.0.1.
-APT_PACKAGES=(prometheus prometheus-pushgateway)
+# kubectl (kustomize, apply against the API emulator) and nodejs (npm: Helm 3, Prometheus Operator schemas).
+APT_PACKAGES=(prometheus prometheus-pushgateway kubectl nodejs)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,69 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "cifar-job.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Prefix of every object's name. At most 54 characters, so that the Job name
+(<fullname>-<8 hex>) stays within the 63 that its pods' job-name label allows.
+*/}}
+{{- define "cifar-job.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Job, its ConfigMap and its run directory. A hash of the values and the chart
+version: a Job's pod template is immutable, so a `helm upgrade` that changes anything must
+create a new Job instead of patching the old one.
+*/}}
+{{- define "cifar-job.runName" -}}
+{{- $hash := dict "values" .Values "chart" .Chart.Version | toJson | sha256sum | trunc 8 }}
+{{- .Values.runName | default (printf "%s-%s" (include "cifar-job.fullname" .) $hash) }}
+{{- end }}
+
+{{- define "cifar-job.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cifar-job.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "cifar-job.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "cifar-job.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/component: training
+app.kubernetes.io/part-of: cifar-job
+app.kubernetes.io/managed-by: {{ .Values.managedBy | default .Release.Service }}
+{{- end }}
+
+{{- define "cifar-job.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{- define "cifar-job.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "cifar-job.fullname" .) }}
+{{- else }}
+{{- .Values.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{- define "cifar-job.claimName" -}}
+{{- if .Values.storage.create }}
+{{- printf "%s-data" (include "cifar-job.fullname" .) }}
+{{- else }}
+{{- required "storage.existingClaim is required when storage.create is false" .Values.storage.existingClaim }}
+{{- end }}
+{{- end }}

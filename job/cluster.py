@@ -1,0 +1,400 @@
+"""The training Job through the Kubernetes API: render, submit, follow, report, clean up.
+
+`render` runs the real Helm engine (helm-python-sdk) on charts/cifar-job, so `submit` creates
+the objects `helm install` would (labelled managed-by cifar-job), and k8s/ is this rendering
+with the default values (see the README for the command). The
+official `kubernetes` client talks to the cluster (kubeconfig or in-cluster config); its
+errors become the exit codes of job/errors.py: 8 unreachable, 9 forbidden, 10 Job exists,
+11 Job failed.
+
+Tests run against kmock's KubernetesEmulator (real HTTP on 127.0.0.1, objects in memory)
+because no real kube-apiserver can run in this project's test environment; the emulator has no
+controllers, so the tests move Job and pod status themselves, and it checks no schemas, which
+tests/test_k8s_manifests.py does against the official Kubernetes schemas instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from job import errors
+from job.atomic import atomic_write
+from job.errors import ClusterForbidden, ClusterJobFailed, ClusterUnreachable, ConfigError, JobError, JobExists
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHART = Path(__file__).resolve().parents[1] / "charts" / "cifar-job"
+RELEASE = "cifar-job"
+CONTAINER = "cifar-job"  # the container name the chart's podFailurePolicy refers to
+_TIMEOUT = (10, 60)  # connect, read seconds for every non-streaming API call
+POLL_SECONDS = 2.0  # between looks at the Job while no pod log is streaming
+# Helm's install order for the kinds the chart renders.
+_ORDER = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule")
+_CORE = {  # kind -> (client API class, snake-case name in its create_namespaced_* method)
+    "ServiceAccount": ("CoreV1Api", "service_account"),
+    "PersistentVolumeClaim": ("CoreV1Api", "persistent_volume_claim"),
+    "ConfigMap": ("CoreV1Api", "config_map"),
+    "Job": ("BatchV1Api", "job"),
+}
+_CUSTOM = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}  # Prometheus Operator CRDs
+_EPOCH = datetime.fromtimestamp(0, timezone.utc)
+_EXIT_REASONS = {0: "success"} | {
+    cls.exit_code: cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, JobError)
+}
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def load_values(files: Sequence[Path] = (), sets: Sequence[str] = ()) -> dict[str, Any]:
+    """Values from YAML files, then Helm `--set` expressions; later ones win, maps merge."""
+    import helm_python as helm
+
+    values: dict[str, Any] = {}
+    for file in files:
+        try:
+            layer = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"values file {file}: {getattr(e, 'strerror', None) or 'not valid YAML'}") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"values file {file}: expected a mapping, got {type(layer).__name__}")
+        _merge(values, layer)
+    for expression in sets:
+        try:
+            _merge(values, helm.parse_set_string(expression))
+        except helm.HelmError as e:
+            raise ConfigError(f"--set {expression!r}: {e}") from None
+    return values
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Helm's rule: maps merge key by key, anything else replaces."""
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def render(
+    values: Mapping[str, Any],
+    *,
+    run_name: str | None = None,
+    release: str = RELEASE,
+    chart: Path = DEFAULT_CHART,
+) -> dict[str, str]:
+    """Render the chart: template file name -> manifest text (with the chart's comments).
+
+    Objects made this way are labelled managed-by cifar-job unless the values say otherwise;
+    `run_name` names the Job (default: the chart's hash of the values).
+    """
+    import helm_python as helm
+
+    values = {"managedBy": "cifar-job", **values, **({"runName": run_name} if run_name else {})}
+    if not Path(chart, "Chart.yaml").is_file():
+        raise ConfigError(f"chart {chart}: not found; pass --chart with the path of charts/cifar-job")
+    try:
+        with helm.Chart.load(chart) as loaded:
+            rendered = loaded.render(values=values, name=release, namespace="default")
+    except helm.HelmError as e:
+        raise ConfigError(f"chart {chart}: {' '.join(str(e).split())}") from None
+    texts = {Path(path).name: text.strip() + "\n" for path, text in rendered.items() if not path.endswith("NOTES.txt")}
+    return {name: text for name, text in sorted(texts.items()) if text.strip()}
+
+
+def objects(manifests: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The rendered objects in install order."""
+    docs = [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
+    return sorted(docs, key=lambda doc: _ORDER.index(doc["kind"]))
+
+
+def write_manifests(manifests: Mapping[str, str], directory: Path, header: str) -> list[Path]:
+    """One file per template, each starting with `header` (how k8s/ is generated)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in manifests.items():
+        atomic_write(directory / name, header + text)
+        written.append(directory / name)
+    return written
+
+
+# --- connecting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """An authenticated API client and the namespace every call works in."""
+
+    api: Any  # kubernetes.client.ApiClient
+    namespace: str
+
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api)
+
+    def batch(self) -> Any:
+        from kubernetes import client
+
+        return client.BatchV1Api(self.api)
+
+
+def connect(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> Target:
+    """Kubeconfig (the given path(s), else ~/.kube/config) or, without one, the in-cluster config."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    configuration = client.Configuration()
+    path = kubeconfig or "~/.kube/config"
+    if any(Path(p).expanduser().is_file() for p in path.split(":")):
+        try:
+            config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+            contexts, active = config.list_kube_config_contexts(config_file=path)
+        except (ConfigException, OSError, ValueError) as e:
+            raise ClusterUnreachable(f"kubeconfig {path}: {e}") from None
+        if context:
+            active = next(c for c in contexts if c["name"] == context)
+        default_namespace = active.get("context", {}).get("namespace")
+    elif kubeconfig or context:
+        raise ClusterUnreachable(f"kubeconfig {path}: no such file")
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except ConfigException:
+            raise ClusterUnreachable(
+                "no cluster configured: no kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) and not running in a pod"
+            ) from None
+        default_namespace = _read(Path(config.incluster_config.SERVICE_TOKEN_FILENAME).with_name("namespace"))
+    return Target(client.ApiClient(configuration), namespace or default_namespace or "default")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+@contextmanager
+def _api(action: str, target: Target, conflict: JobError | None = None) -> Iterator[None]:
+    """Turn client errors into one-line JobErrors with the exit codes of job/errors.py."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as e:
+        message = _server_message(e)
+        where = f"{action} in namespace {target.namespace}"
+        if e.status == 409 and conflict is not None:
+            raise conflict from None
+        if e.status in (401, 403):
+            raise ClusterForbidden(f"{where}: {e.reason.lower()}: {message}") from None
+        if e.status in (400, 404, 422):
+            raise ConfigError(f"{where}: {message}") from None
+        raise JobError(f"{where}: API server error {e.status}: {message}") from None
+    except HTTPError as e:
+        reason = getattr(e, "reason", None) or e
+        raise ClusterUnreachable(f"{action}: cannot reach the Kubernetes API at {target.api.configuration.host}: {reason}") from None
+
+
+def _server_message(e: Any) -> str:
+    try:
+        return yaml.safe_load(e.body)["message"]
+    except Exception:  # a body that is no Status object: say what HTTP said
+        return str(e.reason)
+
+
+# --- submitting ---------------------------------------------------------------------------------
+
+
+def submit(target: Target, manifest: Sequence[Mapping[str, Any]]) -> str:
+    """Create the Job (JobExists if its name is taken) and its companions; return the Job's name.
+
+    Shared companions (ServiceAccount, claim, monitoring) are created when missing and kept when
+    present. The run's ConfigMap comes last, owned by the Job, so deleting the Job removes it.
+    """
+    job = next(obj for obj in manifest if obj["kind"] == "Job")
+    name, ns = job["metadata"]["name"], target.namespace
+    run_config = next(o for o in manifest if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name)
+    for obj in manifest:
+        if obj is not job and obj is not run_config:
+            _ensure(target, obj)
+    taken = JobExists(f"Job {name} already exists in namespace {ns}: delete it (cifar-job k8s delete {name} -n {ns}) or pass another --name")
+    with _api(f"create Job {name}", target, conflict=taken):
+        created = _create(target, job)
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created.metadata.uid}
+    try:
+        with _api(f"create ConfigMap {name}", target):
+            _create(target, {**run_config, "metadata": {**run_config["metadata"], "ownerReferences": [owner]}})
+    except JobError:
+        delete(target, name)  # its pod would wait for the config forever
+        raise
+    log.info("created Job %s/%s", ns, name)
+    return name
+
+
+def _ensure(target: Target, obj: Mapping[str, Any]) -> None:
+    """Create a shared companion unless it exists; monitoring objects are optional."""
+    from kubernetes.client.exceptions import ApiException
+
+    what = f"{obj['kind']} {obj['metadata']['name']}"
+    with _api(f"create {what}", target):
+        try:
+            _create(target, obj)
+            log.info("created %s", what)
+        except ApiException as e:
+            if e.status == 409:
+                log.info("kept the existing %s", what)
+            elif obj["kind"] in _CUSTOM and e.status in (403, 404):
+                log.warning("%s not created (no Prometheus Operator CRDs, or not allowed): %s", what, _server_message(e))
+            else:
+                raise
+
+
+def _create(target: Target, obj: Mapping[str, Any]) -> Any:
+    from kubernetes import client
+
+    kind = obj["kind"]
+    if kind in _CUSTOM:
+        group, version = obj["apiVersion"].split("/")
+        api = client.CustomObjectsApi(target.api)
+        return api.create_namespaced_custom_object(group, version, target.namespace, _CUSTOM[kind], obj, _request_timeout=_TIMEOUT)
+    api_class, snake = _CORE[kind]
+    create = getattr(getattr(client, api_class)(target.api), f"create_namespaced_{snake}")
+    return create(target.namespace, obj, _request_timeout=_TIMEOUT)
+
+
+# --- following ----------------------------------------------------------------------------------
+
+
+def wait(target: Target, name: str, write: Callable[[str], None]) -> None:
+    """Report pod phases and stream every pod's log until the Job completes; ClusterJobFailed if it fails.
+
+    A preempted pod's log ends with its exit (75); the retry's pod is followed next.
+    """
+    phases: dict[str, str] = {}
+    streamed: set[str] = set()
+    while True:
+        job = _read_job(target, name)
+        pods = _pods(target, name)
+        for pod in pods:
+            phase = describe_pod(pod)
+            if phases.get(pod.metadata.name) != phase:
+                phases[pod.metadata.name] = phase
+                log.info("pod %s: %s", pod.metadata.name, phase)
+        started = [p for p in pods if p.metadata.name not in streamed and _started(p)]
+        if started:
+            streamed.add(started[0].metadata.name)
+            for line in stream_logs(target, started[0].metadata.name, follow=True):
+                write(line)
+            continue  # the pod's log ended: look at the Job again before sleeping
+        done = _finished(job)
+        if done is not None:
+            break
+        time.sleep(POLL_SECONDS)
+    if done.type == "Complete":
+        log.info("Job %s/%s complete", target.namespace, name)
+        return
+    last = f"; last pod {pods[-1].metadata.name}: {describe_pod(pods[-1])}" if pods else ""
+    raise ClusterJobFailed(f"Job {target.namespace}/{name} failed: {done.reason}: {done.message}{last}")
+
+
+def status(target: Target, name: str) -> str:
+    """The Job's state and each pod's phase, one line each."""
+    job = _read_job(target, name)
+    done = _finished(job)
+    s = job.status
+    state = f"{done.type} ({done.reason}: {done.message})" if done else ("Running" if s and s.active else "Pending")
+    counts = f"active {s.active or 0}, succeeded {s.succeeded or 0}, failed {s.failed or 0}" if s else "no pods yet"
+    lines = [f"Job {target.namespace}/{name}: {state}; {counts}"]
+    lines += [f"  pod {pod.metadata.name}: {describe_pod(pod)}" for pod in _pods(target, name)]
+    return "\n".join(lines)
+
+
+def logs(target: Target, name: str, follow: bool) -> Iterator[str]:
+    """The log of the Job's newest pod."""
+    _read_job(target, name)
+    pods = _pods(target, name)
+    if not pods:
+        log.info("Job %s/%s has no pods yet", target.namespace, name)
+        return iter(())
+    return stream_logs(target, pods[-1].metadata.name, follow)
+
+
+def delete(target: Target, name: str) -> None:
+    """Delete the Job; its pods and its run's ConfigMap go with it (the run directory stays)."""
+    with _api(f"delete Job {name}", target):
+        target.batch().delete_namespaced_job(name, target.namespace, propagation_policy="Background", _request_timeout=_TIMEOUT)
+    log.info("deleted Job %s/%s", target.namespace, name)
+
+
+def stream_logs(target: Target, pod: str, follow: bool) -> Iterator[str]:
+    """The container's log line by line; with `follow`, until the container exits."""
+    from kubernetes.client.exceptions import ApiException
+
+    with _api(f"read the log of pod {pod}", target):
+        try:
+            response = target.core().read_namespaced_pod_log(
+                pod, target.namespace, container=CONTAINER, follow=follow, _preload_content=False
+            )
+        except ApiException as e:
+            if e.status != 400:
+                raise
+            log.warning("pod %s: no log: %s", pod, _server_message(e))  # the container never started
+            return
+        try:
+            for line in response:
+                yield line.decode(errors="replace").rstrip("\n")
+        finally:
+            response.release_conn()
+
+
+def describe_pod(pod: Any) -> str:
+    """Phase, plus why it waits, how it ended (exit code and its meaning) or what disrupted it."""
+    phase = (pod.status and pod.status.phase) or "Pending"
+    for condition in (pod.status and pod.status.conditions) or ():
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            return f"{phase} (disrupted: {condition.reason})"
+    statuses = (pod.status and pod.status.container_statuses) or ()
+    state = next((c.state for c in statuses if c.name == CONTAINER), None)
+    if state and state.terminated:
+        code = state.terminated.exit_code
+        return f"{phase}, exit {code} ({_EXIT_REASONS.get(code, state.terminated.reason or 'unknown')})"
+    if state and state.waiting and state.waiting.reason:
+        return f"{phase} ({state.waiting.reason})"
+    return phase
+
+
+def _read_job(target: Target, name: str) -> Any:
+    with _api(f"read Job {name}", target):
+        return target.batch().read_namespaced_job(name, target.namespace, _request_timeout=_TIMEOUT)
+
+
+def _pods(target: Target, name: str) -> list[Any]:
+    """The Job's pods, oldest first."""
+    with _api(f"list the pods of Job {name}", target):
+        pods = target.core().list_namespaced_pod(
+            target.namespace, label_selector=f"batch.kubernetes.io/job-name={name}", _request_timeout=_TIMEOUT
+        ).items
+    return sorted(pods, key=lambda p: (p.metadata.creation_timestamp or _EPOCH, p.metadata.name))
+
+
+def _started(pod: Any) -> bool:
+    statuses = (pod.status and pod.status.container_statuses) or ()
+    return any(c.name == CONTAINER and c.state and (c.state.running or c.state.terminated) for c in statuses)
+
+
+def _finished(job: Any) -> Any:
+    """The Complete or Failed condition once the Job has one."""
+    conditions = (job.status and job.status.conditions) or ()
+    return next((c for c in conditions if c.type in ("Complete", "Failed") and c.status == "True"), None)

@@ -1,0 +1,172 @@
+"""The Helm chart: lint, values schema, per-environment renderings, upgrades, and Helm 3.
+
+Rendering uses the real Helm engine (helm-python-sdk, Helm 4) and, for the environments, also
+a real Helm 3 binary, the version most clusters are managed with.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from job import cluster
+from job.config import SECTION_NAMES, load_config
+
+from .k8s_tools import CHART, ENVIRONMENTS, KUBE_VERSIONS, helm3, load_docs
+
+VALUE_FILES = {"default": None, **{env: CHART / f"values-{env}.yaml" for env in ENVIRONMENTS}}
+
+
+def values_of(env: str) -> dict[str, Any]:
+    path = VALUE_FILES[env]
+    return yaml.safe_load(path.read_text()) if path else {}
+
+
+def rendered(values: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    return cluster.objects(cluster.render(values, **kwargs))
+
+
+def job_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "Job")
+
+
+@pytest.mark.parametrize("env", VALUE_FILES)
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_helm_lint_strict_passes(env: str, kube: str) -> None:
+    report = helm.lint(CHART, values_of(env), strict=True, kube_version=f"v{kube}.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # warnings and errors; info is fine
+    assert report["errors"] == [] and problems == []
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_helm3_lints_and_renders_what_the_sdk_renders(env: str) -> None:
+    binary = str(helm3())
+    lint = subprocess.run([binary, "lint", "--strict", str(CHART), "-f", str(VALUE_FILES[env])], capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    template = subprocess.run([binary, "template", "cifar-job", str(CHART), "-f", str(VALUE_FILES[env]), "--kube-version", "1.29.0"],
+                              capture_output=True, text=True, check=True, timeout=60)
+    with helm.Chart.load(CHART) as chart:
+        sdk = chart.render(values=values_of(env), name="cifar-job", namespace="default")
+    sdk_docs = [d for path, text in sdk.items() if not path.endswith("NOTES.txt") for d in load_docs(text)]
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(load_docs(template.stdout), key=key) == sorted(sdk_docs, key=key)
+
+
+BAD_VALUES = [
+    ({"gpu": {"count": -1}}, "/gpu/count"),
+    ({"gpu": {"count": "one"}}, "/gpu/count"),
+    ({"imageTag": "v1"}, "imageTag"),
+    ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"job": {"backoffLimit": -2}}, "/job/backoffLimit"),
+    ({"job": {"activeDeadlineSeconds": 0}}, "/job/activeDeadlineSeconds"),
+    ({"storage": {"size": "lots"}}, "/storage/size"),
+    ({"storage": {"accessModes": ["ReadWriteSometimes"]}}, "/storage/accessModes"),
+    ({"resources": {"requests": {"cpu": "four"}}}, "/resources/requests/cpu"),
+    ({"resources": {"request": {"cpu": "4"}}}, "request"),
+    ({"tolerations": [{"key": "a", "operater": "Exists"}]}, "operater"),
+    ({"podMonitor": {"interval": "15 seconds"}}, "/podMonitor/interval"),
+    ({"runName": "Not_A_DNS_Label"}, "/runName"),
+    ({"metrics": {"port": 70000}}, "/metrics/port"),
+    ({"config": {"trian": {"epochs": 3}}}, "trian"),
+    ({"config": {"out": "/elsewhere"}}, "out"),
+    ({"config": {"data": {"cache_dir": "/elsewhere"}}}, "/config/data/cache_dir"),
+    ({"config": {"metrics": {"port": 8000}}}, "/config/metrics/port"),
+]
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_VALUES, ids=[w for _, w in BAD_VALUES])
+def test_schema_rejects_bad_values(values: dict[str, Any], where: str) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as raised:
+        chart.render(values=values, name="cifar-job")
+    assert where in str(raised.value)
+
+
+def test_every_value_is_typed_and_documented() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(values: dict[str, Any], node: dict[str, Any], path: str) -> None:
+        assert node.get("additionalProperties") is False, f"{path or 'values'}: unknown keys are not rejected"
+        for key, value in values.items():
+            assert key in node["properties"], f"{path}{key}: not in values.schema.json"
+            child = node["properties"][key]
+            assert child.get("description"), f"{path}{key}: no description"
+            if isinstance(value, dict) and "properties" in child and key != "config":
+                walk(value, child, f"{path}{key}.")
+
+    walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
+    assert sorted(schema["properties"]["config"]["properties"]) == sorted(SECTION_NAMES)
+
+
+@pytest.mark.parametrize("env", VALUE_FILES)
+def test_pod_config_is_valid_for_the_job(env: str, tmp_path: Path) -> None:
+    """The ConfigMap plus the container's environment load as job/config.py's Config."""
+    docs = rendered(values_of(env))
+    job = job_of(docs)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env_vars = {e["name"]: e["value"] for e in container["env"]}
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    config = load_config(path, env=env_vars)
+    assert str(config.out) == f"/data/runs/{job['metadata']['name']}"
+    assert config.metrics.port == container["ports"][0]["containerPort"] and config.metrics.address == "0.0.0.0"
+    assert str(config.publish.root).startswith("/data/") and str(config.data.cache_dir).startswith("/data/")
+
+
+def test_helm_upgrade_replaces_the_job_only_when_values_change() -> None:
+    """A Job's pod template is immutable: a changed rendering must come with a new Job name."""
+    first = job_of(rendered({}))["metadata"]["name"]
+    assert job_of(rendered({}))["metadata"]["name"] == first  # unchanged values: the running Job stays
+    changed = job_of(rendered({"config": {"train": {"epochs": 10}}}))
+    assert changed["metadata"]["name"] != first
+    configs = {v["name"]: v for v in changed["spec"]["template"]["spec"]["volumes"]}["config"]["configMap"]["name"]
+    assert configs == changed["metadata"]["name"]  # each run reads its own config
+    assert job_of(rendered({}, run_name="nightly-7"))["metadata"]["name"] == "nightly-7"
+
+
+def test_job_name_fits_the_label_limit_for_long_release_names() -> None:
+    docs = cluster.objects(cluster.render({}, release="a-very-long-release-name-for-the-cifar-training-pipeline-of-team-x"))
+    assert len(job_of(docs)["metadata"]["name"]) <= 63
+
+
+def test_cpu_only_drops_the_gpu_and_its_node_pool() -> None:
+    pod = job_of(rendered(values_of("dev")))["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    pod = job_of(rendered({"gpu": {"count": 2}, "tolerations": [{"key": "spot", "operator": "Exists"}]}))["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu", "spot"]
+
+
+def test_prometheus_rule_embeds_the_alert_rules_file() -> None:
+    rules = yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())
+    docs = rendered({"prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}})
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["spec"] == rules and rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert not any(d["kind"] in ("PodMonitor", "PrometheusRule") for d in rendered({"podMonitor": {"enabled": False}}))
+
+
+def test_labels_follow_the_kubernetes_conventions() -> None:
+    for doc in rendered({}):
+        labels = doc["metadata"]["labels"]
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"} <= labels.keys()
+        assert labels["app.kubernetes.io/managed-by"] == "cifar-job"  # made by cifar-job k8s, not a Helm release
+    with helm.Chart.load(CHART) as chart:
+        sa = yaml.safe_load(chart.render(values={}, name="cifar-job")["cifar-job/templates/serviceaccount.yaml"])
+    assert sa["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_notes_tell_how_to_follow_the_run() -> None:
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(values={}, name="cifar-job", namespace="ml")
+    name = job_of(load_docs(out["cifar-job/templates/job.yaml"]))["metadata"]["name"]
+    assert f"kubectl -n ml logs -f job/{name}" in out["cifar-job/templates/NOTES.txt"]
+    assert f"/data/runs/{name}" in out["cifar-job/templates/NOTES.txt"]

@@ -1,0 +1,162 @@
+"""k8s/ and the chart's renderings are valid Kubernetes objects that do what the Job needs.
+
+Every object of k8s/ and of the chart with each environment's values is checked against the
+official schemas (strict: unknown fields fail) of the oldest supported and the newest
+Kubernetes, and the Prometheus Operator objects against that operator's API schemas.
+k8s/ must be the chart's current rendering, `kubectl kustomize k8s/` must render the same
+objects, and `kubectl apply -f k8s/` must accept the directory as it is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from job import cluster
+from job.cli import main
+from job.errors import NON_RETRYABLE_EXIT_CODES, Preempted
+
+from .k8s_tools import CHART, ENVIRONMENTS, K8S, crd_errors, emulator, kube_validate, kubeconfig, load_docs
+
+REGENERATE = ["k8s", "render", "--set", "managedBy=kubectl", "--output-dir"]
+MONITORING = {"PodMonitor", "PrometheusRule"}
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_docs(path.read_text())]
+
+
+def env_docs(env: str) -> list[dict[str, Any]]:
+    values = cluster.load_values([CHART / f"values-{env}.yaml"])
+    return cluster.objects(cluster.render(values))
+
+
+RENDERINGS = {"k8s/": k8s_docs, **{f"values-{env}.yaml": (lambda env=env: env_docs(env)) for env in ENVIRONMENTS}}
+
+
+def test_k8s_dir_is_the_charts_current_rendering(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [*REGENERATE, str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    fresh = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    current = {p.name: p.read_text() for p in K8S.glob("*.yaml")}
+    assert current == fresh, "k8s/ is stale: run `cifar-job k8s render --set managedBy=kubectl --output-dir k8s`"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_objects_pass_the_official_schemas_strictly(rendering: str) -> None:
+    docs = RENDERINGS[rendering]()
+    assert {"ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        if doc["kind"] not in MONITORING:
+            kube_validate(doc)
+    monitoring = [d for d in docs if d["kind"] in MONITORING]
+    assert crd_errors(monitoring) == [None] * len(monitoring)
+
+
+def test_schema_validation_catches_a_misspelt_field() -> None:
+    job = next(d for d in k8s_docs() if d["kind"] == "Job")
+    job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
+    with pytest.raises(Exception, match="readOnlyRootFileSystem"):
+        kube_validate(job)
+    monitor = next(d for d in k8s_docs() if d["kind"] == "PodMonitor")
+    monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "15 seconds"
+    assert "interval" in crd_errors([monitor])[0]
+
+
+def test_kustomize_renders_the_same_objects() -> None:
+    kustomization = yaml.safe_load((K8S / "Kustomization").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml"))
+    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60)
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(load_docs(rendered.stdout), key=key) == sorted(k8s_docs(), key=key)
+
+
+def test_kubectl_apply_accepts_the_directory_as_it_is(tmp_path: Path) -> None:
+    """kubectl maps every file to an API resource (and skips Kustomization); the emulator serves no
+    OpenAPI document, so kubectl's own schema check is off: the official schemas are checked above."""
+    with emulator() as (api, url):
+        config = kubeconfig(tmp_path / "kubeconfig", url, namespace="ml")
+        done = subprocess.run(["kubectl", "--kubeconfig", str(config), "apply", "--validate=false", "-f", str(K8S)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        created = sorted((key[0].plural, key[1], key[2]) for key in api.objects)
+    expected = sorted((f"{d['kind'].lower()}s", "ml", d["metadata"]["name"]) for d in k8s_docs())
+    assert created == expected
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_job_fails_fast_on_fatal_exit_codes_and_ignores_disruptions(rendering: str) -> None:
+    job = next(d for d in RENDERINGS[rendering]() if d["kind"] == "Job")
+    spec = job["spec"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert spec["podReplacementPolicy"] == "Failed"
+    assert {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"} <= spec.keys()
+    rules = spec["podFailurePolicy"]["rules"]
+    container = spec["template"]["spec"]["containers"][0]["name"]
+    fail = [r["onExitCodes"] for r in rules if r["action"] == "FailJob"]
+    assert fail == [{"containerName": container, "operator": "In", "values": list(NON_RETRYABLE_EXIT_CODES)}]
+    ignored_codes = [c for r in rules if r["action"] == "Ignore" and "onExitCodes" in r for c in r["onExitCodes"]["values"]]
+    assert ignored_codes == [Preempted.exit_code]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_pod_is_hardened(rendering: str) -> None:
+    pod = next(d for d in RENDERINGS[rendering]() if d["kind"] == "Job")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    writable = [path for path in mounts if path != "/etc/cifar-job"]
+    for key in ("HOME", "CIFAR_JOB_OUT", "CIFAR_JOB_DATA_CACHE_DIR", "CIFAR_JOB_PUBLISH_ROOT"):
+        assert any(env[key].startswith(path) for path in writable), f"{key}={env[key]} is on the read-only root"
+
+
+def test_job_runs_on_the_gpu_pool_and_resumes_in_one_run_directory() -> None:
+    docs = k8s_docs()
+    job = next(d for d in docs if d["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    name = job["metadata"]["name"]
+    assert env["CIFAR_JOB_OUT"].endswith(f"/runs/{name}")  # the Job's name: the same for every retry
+    claim = {v["name"]: v for v in pod["volumes"]}["data"]["persistentVolumeClaim"]["claimName"]
+    assert claim in {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    config_map = {v["name"]: v for v in pod["volumes"]}["config"]["configMap"]["name"]
+    assert config_map in {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+
+
+def test_podmonitor_scrapes_the_jobs_pod() -> None:
+    docs = k8s_docs()
+    pod = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["CIFAR_JOB_METRICS_PORT"] == str(ports[endpoint["port"]]) and env["CIFAR_JOB_METRICS_ADDRESS"] == "0.0.0.0"
+
+
+def test_yaml_lints_clean() -> None:
+    files = [*K8S.glob("*.yaml"), K8S / "Kustomization", *CHART.glob("values*.yaml")]
+    config = "{extends: default, rules: {document-start: disable, line-length: {max: 120}}}"
+    done = subprocess.run([sys.executable, "-m", "yamllint", "-s", "-d", config, *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
