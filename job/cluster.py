@@ -348,9 +348,9 @@ def stream_logs(target: Target, pod: str, follow: bool) -> Iterator[str]:
                 pod, target.namespace, container=CONTAINER, follow=follow, _preload_content=False
             )
         except ApiException as e:
-            if e.status != 400:
+            if e.status not in (400, 404):
                 raise
-            log.warning("pod %s: no log: %s", pod, _server_message(e))  # the container never started
+            log.warning("pod %s: no log: %s", pod, _server_message(e))  # never started, or already gone
             return
         try:
             for line in response:
