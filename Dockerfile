@@ -13,8 +13,8 @@
 # The same image runs on CPU: TensorFlow and onnxruntime fall back when no GPU is visible.
 #
 # Reproducible: the base image by version (pin its digest with @sha256 for releases), every
-# Python package by version and hash (docker/requirements.txt, compiled from pyproject.toml
-# and docker/image.in by the command in its header).
+# Python package by version and hash (.ci/image-requirements.txt, compiled from pyproject.toml
+# and .ci/image.in by the command in its header).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
@@ -23,7 +23,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 # Dependencies first, in their own layer: rebuilt only when the lock changes.
-COPY docker/requirements.txt /tmp/requirements.txt
+COPY .ci/image-requirements.txt /tmp/requirements.txt
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements.txt
 WORKDIR /src

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from .k8s_tools import K8S, ROOT, load_docs
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-LOCK = (ROOT / "docker" / "requirements.txt").read_text()
+LOCK = (ROOT / ".ci" / "image-requirements.txt").read_text()
 PINS = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", LOCK, flags=re.M))
 
 
@@ -83,7 +83,7 @@ def test_lock_pins_every_dependency_with_hashes_on_one_cuda_major() -> None:
     wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["gpu"]]
     pins = {normalise(name): version for name, version in PINS.items()}
     for req in wanted:
-        assert normalise(req.name) in pins, f"{req.name} is not pinned in docker/requirements.txt"
+        assert normalise(req.name) in pins, f"{req.name} is not pinned in .ci/image-requirements.txt"
         assert req.specifier.contains(pins[normalise(req.name)]), f"{req.name}=={pins[normalise(req.name)]} breaks {req}"
     cuda = {name for name in pins if name.startswith("nvidia-")}
     assert cuda and all(name.endswith("-cu12") for name in cuda), f"not all CUDA 12: {sorted(cuda)}"
