@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 
 from job.config import Config, load_config
 from job.errors import ConfigError, JobError
+from job.metrics import RunMetrics
 from job.paths import RunPaths
 
 log = logging.getLogger("cifar_job")
@@ -38,6 +40,8 @@ class _JobGroup(click.Group):
 @click.version_option(package_name="cifar-job")
 def main(log_level: str) -> None:
     """Train the reference CIFAR-10 CNN, export it to ONNX, validate it and publish it."""
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the job's own log lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -103,7 +107,8 @@ def train(config: Config) -> None:
     """
     from job.train import train_model
 
-    result = train_model(config, _prepare(config))
+    with RunMetrics.session(config, "train") as metrics, metrics.stage("train"):
+        result = train_model(config, _prepare(config), callbacks=[metrics.keras_callback()])
     click.echo(result.summary())
 
 
@@ -137,7 +142,10 @@ def export_command(config: Config) -> None:
     """Convert the best weights to ONNX (model.onnx) and prove it matches Keras on real images."""
     from export.onnx import export_onnx
 
-    click.echo(export_onnx(config, _prepare(config)).summary())
+    with RunMetrics.session(config, "export") as metrics, metrics.stage("export"):
+        result = export_onnx(config, _prepare(config))
+        metrics.record_export(result)
+    click.echo(result.summary())
 
 
 @main.command()
@@ -147,9 +155,11 @@ def validate(config: Config) -> None:
     """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate."""
     from export.validate import validate_model
 
-    result = validate_model(config, _prepare(config))
-    click.echo(result.summary())
-    result.gate.enforce()
+    with RunMetrics.session(config, "validate") as metrics, metrics.stage("validate"):
+        result = validate_model(config, _prepare(config))
+        metrics.record_validation(result)
+        click.echo(result.summary())
+        result.gate.enforce()
 
 
 @main.command()
@@ -158,7 +168,9 @@ def publish(config: Config) -> None:
     """Publish the validated model as the next version under publish.root, if it passes the gate."""
     from export.publish import publish_model
 
-    click.echo(publish_model(config, _prepare(config)).summary())
+    with RunMetrics.session(config, "publish") as metrics, metrics.stage("publish"):
+        result = publish_model(config, _prepare(config))
+    click.echo(result.summary())
 
 
 @main.command()
@@ -171,8 +183,9 @@ def run(config: Config) -> None:
     """
     from job.stages import run_stages
 
-    for stage, result in run_stages(config, _prepare(config)):
-        click.echo(f"{stage}: {result.summary()}")
+    with RunMetrics.session(config, "run") as metrics:
+        for stage, result in run_stages(config, _prepare(config), metrics):
+            click.echo(f"{stage}: {result.summary()}")
 
 
 # --- Kubernetes: render, submit, follow and clean up the training Job (job/cluster.py) ----------

@@ -12,8 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from export.publish import MODEL_FILE, publish_model
 from export.validate import validate_model
 from job.config import Config
 from job.data import load_dataset
+from job.metrics import RunMetrics
 from job.paths import RunPaths
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,8 @@ def first_incomplete(config: Config, paths: RunPaths) -> str | None:
     return next((stage for stage in STAGES if not _COMPLETE[stage](config, paths)), None)
 
 
-def run_stages(
-    config: Config,
-    paths: RunPaths,
-    train_callbacks: Sequence[Any] = (),
-    on_stage: Callable[[str, Any, float], None] | None = None,
-) -> list[tuple[str, Any]]:
-    """Run from the first incomplete stage to the end; `on_stage(name, result, seconds)` follows each stage."""
+def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics) -> list[tuple[str, Any]]:
+    """Run from the first incomplete stage to the end; `metrics` times each stage and records its result."""
     start = first_incomplete(config, paths)
     if start is None:
         log.info("run %s: every stage is complete; nothing to do", paths.root)
@@ -92,17 +87,16 @@ def run_stages(
     log.info("run %s: %s %s", paths.root, "starting with" if start == "train" else "resuming at", " -> ".join(todo))
     dataset = functools.cache(lambda: load_dataset(config.data))  # shared by export and validate
     runners = {
-        "train": lambda: _train(config, paths, train_callbacks),
+        "train": lambda: _train(config, paths, [metrics.keras_callback()]),
         "export": lambda: export_onnx(config, paths, dataset()),
         "validate": lambda: validate_model(config, paths, dataset()),
         "publish": lambda: publish_model(config, paths),
     }
     results = []
     for stage in todo:
-        began = time.monotonic()
-        result = runners[stage]()
-        if on_stage is not None:
-            on_stage(stage, result, time.monotonic() - began)
+        with metrics.stage(stage):
+            result = runners[stage]()
+            metrics.record(stage, result)
         results.append((stage, result))
     return results
 

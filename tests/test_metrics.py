@@ -1,0 +1,429 @@
+"""Metrics against real servers: Debian's Prometheus and Pushgateway, started on 127.0.0.1.
+
+Prometheus scrapes the job's /metrics and the Pushgateway every second and evaluates the chart's
+alert rules; every assertion about a value goes through Prometheus' HTTP query API, so it checks
+what a dashboard or an alert would see. tests/run.sh installs the two packages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from export.gate import check_gate
+from export.onnx import ExportResult
+from export.validate import ValidationResult, classification_scores, confusion_matrix
+from job.config import Config, GateConfig, load_config
+from job.errors import ConfigError, DataError, GateFailed, Preempted
+from job.metrics import README_BEGIN, README_END, RunMetrics, readme_with_reference, reference
+
+from .conftest import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+ALERT_RULES = REPO / "charts/cifar-job/files/alerts.rules.yaml"
+RULE_TESTS = REPO / "tests/rules/alerts_test.yaml"
+JOB_SCRAPE = "cifar-job-pods"  # the scrape job of the job's own /metrics
+
+# --- real servers ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(check: Callable[[], Any], what: str, deadline_s: float = 90.0) -> Any:
+    """Poll `check` until it returns something truthy; the deadline only guards against hanging."""
+    end = time.monotonic() + deadline_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"never happened: {what} (last: {result!r})")
+        time.sleep(0.2)
+
+
+def http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def _start(argv: list[str], ready_url: str, log_file: Path) -> subprocess.Popen[bytes]:
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"{argv[0]} exited:\n{log_file.read_text()[-3000:]}"
+        try:
+            return http_get(ready_url) is not None
+        except OSError:
+            return False
+
+    eventually(ready, f"{argv[0]} ready at {ready_url}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Pushgateway (Debian prometheus-pushgateway) on a free 127.0.0.1 port; yields its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("pushgateway") / "pushgateway.log"
+    proc = _start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"], f"http://127.0.0.1:{port}/-/ready", log)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def job_port() -> int:
+    """The port the job under test serves /metrics on; Prometheus scrapes it."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, pushgateway: str, job_port: int) -> Iterator[str]:
+    """A real Prometheus scraping the job and the Pushgateway every second, with the chart's alert rules; yields its URL."""
+    home = tmp_path_factory.mktemp("prometheus")
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERT_RULES)],
+        "scrape_configs": [
+            {"job_name": JOB_SCRAPE, "static_configs": [{"targets": [f"127.0.0.1:{job_port}"]}]},
+            {
+                "job_name": "pushgateway",
+                "honor_labels": True,  # keep the pushed job and run_id
+                "static_configs": [{"targets": [urllib.parse.urlsplit(pushgateway).netloc]}],
+            },
+        ],
+    }
+    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    argv = [
+        "prometheus",
+        f"--config.file={home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    proc = _start(argv, f"http://127.0.0.1:{port}/-/ready", home / "prometheus.log")
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+def query(prometheus: str, expr: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Instant query; {sorted labels without __name__: value}."""
+    body = json.loads(http_get(f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    assert body["status"] == "success", body
+    return {
+        tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1]) for r in body["data"]["result"]
+    }
+
+
+def value(prometheus: str, expr: str) -> float:
+    """The single value of `expr`, once Prometheus has it."""
+    found = eventually(lambda: query(prometheus, expr), f"a series for {expr}")
+    assert len(found) == 1, f"{expr}: expected one series, got {found}"
+    return next(iter(found.values()))
+
+
+def firing_alerts(prometheus: str, name: str) -> list[dict[str, str]]:
+    body = json.loads(http_get(f"{prometheus}/api/v1/alerts"))
+    return [a["labels"] for a in body["data"]["alerts"] if a["labels"]["alertname"] == name and a["state"] == "firing"]
+
+
+# --- running the real command line ------------------------------------------------------------
+
+
+def cifar_job(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`cifar-job ARGS` in a subprocess, with no CIFAR_JOB_* variables from the caller's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+# 400 images, 20 % held out: 320 training images, 10 steps of 32 per epoch.
+SMALL_RUN = ["--set", "data.train_limit=400", "--set", "data.test_limit=200", "--epochs", "2", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(
+    tmp_path_factory: pytest.TempPathFactory, real_archive: Path, prometheus: str, pushgateway: str, job_port: int
+) -> dict[str, Any]:
+    """A short real training on the real archive, scraped by Prometheus and pushing its outcome."""
+    out = tmp_path_factory.mktemp("run") / "scraped-run"
+    started = time.time()
+    proc = cifar_job(
+        "train", "--out", str(out), "--data", str(real_archive), *SMALL_RUN,
+        "--set", f"metrics.port={job_port}",
+        "--set", f"metrics.pushgateway_url={pushgateway}",
+        "--set", "metrics.linger_seconds=120",
+        cwd=out.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "started": started, "ended": time.time(), "stderr": proc.stderr}
+
+
+# --- the whole path: real training, real scrapes, real push ----------------------------------
+
+
+def test_training_metrics_reach_prometheus_with_the_run_values(trained_run: dict[str, Any], prometheus: str) -> None:
+    last = json.loads((trained_run["out"] / "history.json").read_text())[-1]
+    result = json.loads((trained_run["out"] / "train.json").read_text())
+
+    def scraped(name: str) -> float:
+        return value(prometheus, f'{name}{{job="{JOB_SCRAPE}"}}')
+
+    assert scraped("cifar_job_train_epoch") == 2
+    assert scraped("cifar_job_train_epochs") == 2
+    assert scraped("cifar_job_train_steps_per_epoch") == 10
+    assert scraped("cifar_job_train_step") == 10
+    assert scraped("cifar_job_train_steps_total") == 20
+    assert scraped("cifar_job_train_images_total") == 640
+    assert scraped("cifar_job_train_epoch_duration_seconds_count") == 2
+    assert scraped("cifar_job_train_images_per_second") > 0
+    assert scraped("cifar_job_train_early_stopping_patience_epochs") == 5
+    for name, key in [
+        ('cifar_job_train_loss{split="train"}', "loss"),
+        ('cifar_job_train_loss{split="validation"}', "val_loss"),
+        ('cifar_job_train_accuracy_ratio{split="train"}', "accuracy"),
+        ('cifar_job_train_accuracy_ratio{split="validation"}', "val_accuracy"),
+        ("cifar_job_train_learning_rate", "learning_rate"),
+        ("cifar_job_train_early_stopping_wait_epochs", "patience_wait"),
+    ]:
+        metric, _, labels = name.partition("{")
+        selector = f'{metric}{{job="{JOB_SCRAPE}",{labels}' if labels else f'{metric}{{job="{JOB_SCRAPE}"}}'
+        assert value(prometheus, selector) == pytest.approx(last[key], rel=1e-6), name
+    assert scraped("cifar_job_train_best_validation_loss") == pytest.approx(result["best_val_loss"], rel=1e-6)
+    assert scraped("cifar_job_train_best_epoch") == result["best_epoch"]
+
+    start = value(prometheus, f'cifar_job_stage_start_timestamp_seconds{{job="{JOB_SCRAPE}",stage="train"}}')
+    end = value(prometheus, f'cifar_job_stage_end_timestamp_seconds{{job="{JOB_SCRAPE}",stage="train"}}')
+    assert trained_run["started"] <= start < end <= trained_run["ended"]
+    assert value(prometheus, f'cifar_job_stage_active{{job="{JOB_SCRAPE}",stage="train"}}') == 0
+
+
+def test_training_outcome_is_pushed_grouped_by_job_and_run_id(trained_run: dict[str, Any], prometheus: str) -> None:
+    group = 'job="cifar-job",run_id="scraped-run"'  # run_id defaults to the run directory's name
+    assert value(prometheus, f"cifar_job_exit_code{{{group}}}") == 0
+    assert query(prometheus, f"cifar_job_exit_reason{{{group}}}") == {
+        (("command", "train"), ("job", "cifar-job"), ("reason", "success"), ("run_id", "scraped-run")): 1
+    }
+    assert trained_run["started"] <= value(prometheus, f"cifar_job_last_success_timestamp_seconds{{{group}}}") <= trained_run["ended"]
+    assert 0 < value(prometheus, f"cifar_job_run_duration_seconds{{{group}}}") <= trained_run["ended"] - trained_run["started"]
+    assert query(prometheus, f"cifar_job_gate_passed{{{group}}}") == {}  # train alone never meets the gate
+    assert "WARNING" not in trained_run["stderr"]
+
+
+def test_unreachable_pushgateway_is_a_warning_not_a_failure(trained_run: dict[str, Any], real_archive: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    proc = cifar_job(
+        "train", "--out", str(trained_run["out"]), "--data", str(real_archive), *SMALL_RUN,
+        "--set", f"metrics.pushgateway_url={closed}",
+        cwd=trained_run["out"].parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained 2 epochs" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"could not push the outcome to the Pushgateway {closed}" in warnings[0], proc.stderr[-3000:]
+
+
+def test_failed_run_pushes_its_failure_and_alerts(tmp_path: Path, pushgateway: str, prometheus: str) -> None:
+    proc = cifar_job(
+        "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "missing.tar.gz"),
+        "--set", f"metrics.pushgateway_url={pushgateway}", "--set", "metrics.run_id=bad-data",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == DataError.exit_code, proc.stderr[-3000:]
+    group = 'job="cifar-job",run_id="bad-data"'
+    assert value(prometheus, f"cifar_job_exit_code{{{group}}}") == DataError.exit_code
+    assert value(prometheus, f'cifar_job_exit_reason{{{group},command="train",reason="data"}}') == 1
+    assert query(prometheus, f"cifar_job_last_success_timestamp_seconds{{{group}}}") == {}
+    alert = eventually(lambda: firing_alerts(prometheus, "CifarJobFailed"), "CifarJobFailed firing")
+    assert [(a["run_id"], a["reason"]) for a in alert] == [("bad-data", "data")]
+
+
+# --- how a session ends: outcome, push, linger -----------------------------------------------
+
+
+def _config(tmp_path: Path, **metrics: Any) -> Config:
+    return load_config(env={}, overrides={"out": str(tmp_path / "run"), **{f"metrics.{k}": v for k, v in metrics.items()}})
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "code"),
+    [
+        (RuntimeError("boom"), "unexpected", 1),
+        (KeyboardInterrupt(), "interrupted", 1),
+        (Preempted("SIGTERM after epoch 3"), "preempted", 75),
+        (GateFailed("accuracy 0.1 < 0.75"), "gate_failed", 6),
+    ],
+)
+def test_a_failing_body_pushes_its_reason_and_is_reraised(
+    error: BaseException, reason: str, code: int, tmp_path: Path, pushgateway: str, prometheus: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_id = f"session-{reason}"
+    config = _config(tmp_path, pushgateway_url=pushgateway, run_id=run_id, port=free_port(), linger_seconds=0.2)
+    caplog.set_level(logging.INFO, logger="cifar_job.metrics")
+    with pytest.raises(type(error)) as raised:
+        with RunMetrics.session(config, "validate") as metrics, metrics.stage("validate"):
+            raise error
+    assert raised.value is error
+    group = f'job="cifar-job",run_id="{run_id}"'
+    assert value(prometheus, f"cifar_job_exit_code{{{group}}}") == code
+    assert value(prometheus, f'cifar_job_exit_reason{{{group},command="validate",reason="{reason}"}}') == 1
+    assert query(prometheus, f"cifar_job_last_success_timestamp_seconds{{{group}}}") == {}
+    gate = query(prometheus, f"cifar_job_gate_passed{{{group}}}")
+    assert list(gate.values()) == ([0] if reason == "gate_failed" else [])
+    lingered = any("keeping /metrics up" in r.getMessage() for r in caplog.records)
+    assert lingered == (reason in ("unexpected", "gate_failed"))  # a stopped pod or a Ctrl-C does not wait
+
+
+def test_linger_serves_the_final_values_until_scraped(tmp_path: Path) -> None:
+    port = free_port()
+    config = _config(tmp_path, port=port, linger_seconds=600)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            with RunMetrics.session(config, "train") as metrics, metrics.stage("train"):
+                pass
+            outcome.append(None)
+        except BaseException as e:  # report it to the test thread
+            outcome.append(e)
+
+    session = threading.Thread(target=run)
+    session.start()
+    scrapes: list[str] = []
+
+    def scrape_until_the_session_ends() -> bool:
+        if not session.is_alive():
+            return True
+        try:
+            scrapes.append(http_get(f"http://127.0.0.1:{port}/metrics").decode())
+        except OSError:  # not serving yet, or just stopped
+            pass
+        return False
+
+    # linger_seconds is 600, far beyond the deadline: the session can only end this soon because of a scrape
+    eventually(scrape_until_the_session_ends, "the session ends after a scrape of its final values")
+    session.join()
+    assert outcome == [None]
+    assert 'cifar_job_stage_active{stage="train"} 0.0' in scrapes[-1]  # the last scrape saw the run's end
+    assert "cifar_job_stage_end_timestamp_seconds{stage=\"train\"}" in scrapes[-1]
+    with pytest.raises(OSError):
+        http_get(f"http://127.0.0.1:{port}/metrics")
+
+
+def test_a_metrics_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = _config(tmp_path, port=taken.getsockname()[1])
+        with pytest.raises(ConfigError, match=r"metrics.address/metrics.port 127.0.0.1:\d+: cannot serve /metrics") as raised:
+            with RunMetrics.session(config, "train"):
+                pass
+    assert raised.value.exit_code == 2
+
+
+# --- exposition format, alert rules, reference ------------------------------------------------
+
+
+def _validation_result(gate_passes: bool = True) -> ValidationResult:
+    """A real ValidationResult: scores from a confusion matrix, verdict from the real gate."""
+    labels = np.repeat(np.arange(10), 20)
+    predictions = np.where(np.arange(200) % 4 == 0, (labels + 1) % 10, labels)  # 75 % right
+    cm = confusion_matrix(labels, predictions, 10)
+    scores = classification_scores(cm, tuple(CLASS_NAMES))
+    gate = GateConfig(min_accuracy=0.7 if gate_passes else 0.8, min_weighted_f1=0.7)
+    return ValidationResult(
+        model_sha256="0" * 64, class_names=tuple(CLASS_NAMES), **scores, confusion_matrix=cm.tolist(), device="cpu",
+        providers=("CPUExecutionProvider",), batch_size=64, batch_latencies_s=(0.01, 0.012, 0.011, 0.004), duration_s=0.04,
+        gate=check_gate(scores, gate),
+    )  # fmt: skip
+
+
+def _populated(tmp_path: Path) -> RunMetrics:
+    """Every metric with a value, the training ones set by the real Keras callback."""
+    metrics = RunMetrics(_config(tmp_path), "run")
+    callback = metrics.keras_callback()
+    callback.set_params({"epochs": 3, "steps": 4, "verbose": 0})
+    with metrics.stage("train"):
+        callback.on_train_begin()
+        callback.on_epoch_begin(0)
+        for step in range(4):
+            callback.on_train_batch_end(step, {"loss": 2.0, "accuracy": 0.1})
+        logs = {"loss": 2.1, "accuracy": 0.2, "val_loss": 2.0, "val_accuracy": 0.25}
+        callback.on_epoch_end(0, {**logs, "learning_rate": 0.0099, "best_val_loss": 2.0, "best_epoch": 1, "patience_wait": 0})
+    with metrics.stage("export"):
+        export = ExportResult(
+            onnx_sha256="0" * 64, size_bytes=8_774_321, weights_sha256="1" * 64, opset=17, ir_version=8,
+            parity_images=1000, parity_max_abs_diff=4e-8, duration_s=12.5, settings={},
+        )  # fmt: skip
+        metrics.record("export", export)
+    with metrics.stage("validate"):
+        metrics.record("validate", _validation_result())
+    metrics._finish(None)
+    return metrics
+
+
+def test_exposition_passes_promtool_check_metrics(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    metrics = _populated(tmp_path)
+    for registry in (metrics.scraped.registry, metrics.outcome.registry):
+        text = generate_latest(registry)
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
+        assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), (check.stdout, check.stderr)
+    exposed = generate_latest(metrics.scraped.registry).decode() + generate_latest(metrics.outcome.registry).decode()
+    for doc in reference():  # every documented metric is really exposed with a value
+        assert f"\n{doc.name}" in exposed or exposed.startswith(doc.name), doc.name
+    assert "cifar_job_train_images_total 128.0" in exposed  # 4 steps of 32
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+    check = subprocess.run(["promtool", "check", "rules", str(ALERT_RULES)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run(["promtool", "test", "rules", str(RULE_TESTS)], capture_output=True, text=True)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def test_readme_metrics_reference_matches_the_code() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert README_BEGIN in readme and README_END in readme, "README.md has no metrics reference block"
+    assert readme == readme_with_reference(readme), "README metrics reference is stale: run `python -m job.metrics README.md`"
+
+
+def test_reference_documents_every_metric_once_with_prometheus_names() -> None:
+    docs = reference()
+    names = [d.name for d in docs]
+    assert len(names) == len(set(names))
+    for d in docs:
+        assert d.name.startswith("cifar_job_") and d.help
+        assert d.type != "counter" or d.name.endswith("_total")
+        assert not d.name.endswith("_total") or d.type == "counter"
+
