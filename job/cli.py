@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import click
 import yaml
 
 from job.config import Config, load_config
-from job.errors import ConfigError, JobError
+from job.errors import ConfigError, JobError, Preempted
 from job.metrics import RunMetrics
 from job.paths import RunPaths
 
@@ -49,6 +50,16 @@ def main(log_level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    signal.signal(signal.SIGTERM, _raise_preempted)
+
+
+def _raise_preempted(signum: int, frame: Any) -> None:
+    """Kubernetes sends SIGTERM before it kills a pod: stop now with the preempted code.
+
+    Every artifact is written atomically, so whatever is interrupted leaves the last good
+    state; training replaces this handler with one that stops at a step boundary.
+    """
+    raise Preempted("SIGTERM received; finished stages and epochs are saved, rerun to resume")
 
 
 # Flags for the most common keys; any other key goes through --set section.key=value.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,15 @@ def test_malformed_yaml_is_a_config_error_with_line(tmp_path: Path) -> None:
     result = _invoke(["train", "--config", str(file), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"cifar-job: error: config file {file} line ")
+
+
+def test_sigterm_outside_training_exits_with_the_preempted_code(real_archive: Path) -> None:
+    """A pod stopped while it is not training still ends with one line and exit 75, not a kill."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", "data", "verify", "--data", str(real_archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1.5)  # imports done, reading the archive (about 3 s)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75
+    assert stderr.strip().splitlines()[-1] == "cifar-job: error: SIGTERM received; finished stages and epochs are saved, rerun to resume"
