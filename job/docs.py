@@ -6,10 +6,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from job import config
+from job import config, metrics
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "config-reference": config.reference_markdown,
+    "metrics-reference": metrics.reference_markdown,
 }
 
 

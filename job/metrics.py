@@ -5,7 +5,8 @@ the running process (stage, training progress, export and validation results) an
 over HTTP for Prometheus to scrape; `outcome` holds only how the run ended and is pushed to a
 Pushgateway, grouped by job name and run id, so the result outlives the pod. Neither is the
 global default registry. Every metric is declared once here; `reference_markdown()` turns the
-declarations into the README's metrics reference, so the two cannot drift.
+declarations into the README's metrics reference (`python -m job.docs README.md`), so the two
+cannot drift.
 
 TensorFlow is never imported here: the Keras callback lives in `job.metrics_callback`.
 """
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, push_to_gateway
-from prometheus_client.metrics_core import Metric
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
 
+from job.config import Config
 from job.errors import ConfigError, GateFailed, JobError, Preempted
 
 if TYPE_CHECKING:
@@ -34,16 +36,13 @@ if TYPE_CHECKING:
 
     from export.onnx import ExportResult
     from export.validate import ValidationResult
-    from job.config import Config
 
-log = logging.getLogger("cifar_job.metrics")
+log = logging.getLogger(__name__)
 
 PREFIX = "cifar_job_"
 PUSH_TIMEOUT_SECONDS = 10.0
 EPOCH_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-README_BEGIN = "<!-- metrics-reference:begin -->"
-README_END = "<!-- metrics-reference:end -->"
 
 
 # When each group of metrics appears: none reads 0 before it means something.
@@ -356,37 +355,14 @@ def _outcome(error: BaseException | None) -> tuple[str, int]:
 
 def reference() -> list[MetricDoc]:
     """Every metric a run can serve or push, straight from the declarations in `RunMetrics`."""
-    from job.config import Config
-
     metrics = RunMetrics(Config(), "run")
     return metrics.scraped.docs + metrics.outcome.docs
 
 
 def reference_markdown() -> str:
-    """The metrics reference as a Markdown table (what sits between the README's markers)."""
+    """The metrics reference as a Markdown table: the README's metrics-reference block (job/docs.py)."""
     lines = ["| name | type | labels | exposed | meaning |", "| --- | --- | --- | --- | --- |"]
     for d in reference():
         labels = ", ".join(f"`{label}`" for label in d.labels) or "-"
         lines.append(f"| `{d.name}` | {d.type} | {labels} | {d.exposed} | {d.help} |")
     return "\n".join(lines) + "\n"
-
-
-def readme_with_reference(readme: str) -> str:
-    """`readme` with the text between the metrics-reference markers replaced by `reference_markdown()`."""
-    head, begin, rest = readme.partition(README_BEGIN)
-    _, end, tail = rest.partition(README_END)
-    if not begin or not end:
-        raise ValueError(f"README has no {README_BEGIN} ... {README_END} block")
-    return f"{head}{README_BEGIN}\n{reference_markdown()}{README_END}{tail}"
-
-
-if __name__ == "__main__":  # python -m job.metrics README.md: regenerate the reference block in place
-    import sys
-    from pathlib import Path
-
-    from job.atomic import atomic_write
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m job.metrics README.md")
-    readme = Path(sys.argv[1])
-    atomic_write(readme, readme_with_reference(readme.read_text()))

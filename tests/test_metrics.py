@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +31,7 @@ from export.onnx import ExportResult
 from export.validate import ValidationResult, classification_scores, confusion_matrix
 from job.config import Config, GateConfig, load_config
 from job.errors import ConfigError, DataError, GateFailed, Preempted
-from job.metrics import README_BEGIN, README_END, RunMetrics, readme_with_reference, reference
+from job.metrics import RunMetrics, reference
 
 from .conftest import CLASS_NAMES
 
@@ -95,7 +95,12 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Pushgateway (Debian prometheus-pushgateway) on a free 127.0.0.1 port; yields its URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("pushgateway") / "pushgateway.log"
-    proc = _start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"], f"http://127.0.0.1:{port}/-/ready", log)
+    argv = [
+        "prometheus-pushgateway",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--persistence.file=",  # Debian's default persists to /var/lib/prometheus; these tests start empty
+    ]
+    proc = _start(argv, f"http://127.0.0.1:{port}/-/ready", log)
     yield f"http://127.0.0.1:{port}"
     _stop(proc)
 
@@ -159,11 +164,18 @@ def firing_alerts(prometheus: str, name: str) -> list[dict[str, str]]:
 # --- running the real command line ------------------------------------------------------------
 
 
-def cifar_job(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`cifar-job ARGS` in a subprocess, with no CIFAR_JOB_* variables from the caller's environment."""
+def cifar_job_process(*args: str, cwd: Path, **popen: Any) -> subprocess.Popen[str]:
+    """`cifar-job ARGS` started in a subprocess, with no CIFAR_JOB_* variables from the caller's environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    argv = [sys.executable, "-m", "job", *args]
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def cifar_job(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`cifar-job ARGS` run to its end."""
+    with cifar_job_process(*args, cwd=cwd) as proc:
+        stdout, stderr = proc.communicate(timeout=900)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 # 400 images, 20 % held out: 320 training images, 10 steps of 32 per epoch.
@@ -191,12 +203,18 @@ def trained_run(
 # --- the whole path: real training, real scrapes, real push ----------------------------------
 
 
+def last_scraped(prometheus: str, name: str, **labels: str) -> float:
+    """The last value Prometheus scraped from the job: once the run has ended its series are stale, not gone."""
+    matchers = ",".join([f'job="{JOB_SCRAPE}"', *(f'{k}="{v}"' for k, v in labels.items())])
+    return value(prometheus, f"last_over_time({name}{{{matchers}}}[10m])")
+
+
 def test_training_metrics_reach_prometheus_with_the_run_values(trained_run: dict[str, Any], prometheus: str) -> None:
     last = json.loads((trained_run["out"] / "history.json").read_text())[-1]
     result = json.loads((trained_run["out"] / "train.json").read_text())
 
-    def scraped(name: str) -> float:
-        return value(prometheus, f'{name}{{job="{JOB_SCRAPE}"}}')
+    def scraped(name: str, **labels: str) -> float:
+        return last_scraped(prometheus, name, **labels)
 
     assert scraped("cifar_job_train_epoch") == 2
     assert scraped("cifar_job_train_epochs") == 2
@@ -207,24 +225,19 @@ def test_training_metrics_reach_prometheus_with_the_run_values(trained_run: dict
     assert scraped("cifar_job_train_epoch_duration_seconds_count") == 2
     assert scraped("cifar_job_train_images_per_second") > 0
     assert scraped("cifar_job_train_early_stopping_patience_epochs") == 5
-    for name, key in [
-        ('cifar_job_train_loss{split="train"}', "loss"),
-        ('cifar_job_train_loss{split="validation"}', "val_loss"),
-        ('cifar_job_train_accuracy_ratio{split="train"}', "accuracy"),
-        ('cifar_job_train_accuracy_ratio{split="validation"}', "val_accuracy"),
-        ("cifar_job_train_learning_rate", "learning_rate"),
-        ("cifar_job_train_early_stopping_wait_epochs", "patience_wait"),
-    ]:
-        metric, _, labels = name.partition("{")
-        selector = f'{metric}{{job="{JOB_SCRAPE}",{labels}' if labels else f'{metric}{{job="{JOB_SCRAPE}"}}'
-        assert value(prometheus, selector) == pytest.approx(last[key], rel=1e-6), name
+    assert scraped("cifar_job_train_loss", split="train") == pytest.approx(last["loss"], rel=1e-6)
+    assert scraped("cifar_job_train_loss", split="validation") == pytest.approx(last["val_loss"], rel=1e-6)
+    assert scraped("cifar_job_train_accuracy_ratio", split="train") == pytest.approx(last["accuracy"], rel=1e-6)
+    assert scraped("cifar_job_train_accuracy_ratio", split="validation") == pytest.approx(last["val_accuracy"], rel=1e-6)
+    assert scraped("cifar_job_train_learning_rate") == pytest.approx(last["learning_rate"], rel=1e-6)
+    assert scraped("cifar_job_train_early_stopping_wait_epochs") == last["patience_wait"]
     assert scraped("cifar_job_train_best_validation_loss") == pytest.approx(result["best_val_loss"], rel=1e-6)
     assert scraped("cifar_job_train_best_epoch") == result["best_epoch"]
 
-    start = value(prometheus, f'cifar_job_stage_start_timestamp_seconds{{job="{JOB_SCRAPE}",stage="train"}}')
-    end = value(prometheus, f'cifar_job_stage_end_timestamp_seconds{{job="{JOB_SCRAPE}",stage="train"}}')
+    start = scraped("cifar_job_stage_start_timestamp_seconds", stage="train")
+    end = scraped("cifar_job_stage_end_timestamp_seconds", stage="train")
     assert trained_run["started"] <= start < end <= trained_run["ended"]
-    assert value(prometheus, f'cifar_job_stage_active{{job="{JOB_SCRAPE}",stage="train"}}') == 0
+    assert scraped("cifar_job_stage_active", stage="train") == 0  # the final scrape, kept for by the linger
 
 
 def test_training_outcome_is_pushed_grouped_by_job_and_run_id(trained_run: dict[str, Any], prometheus: str) -> None:
@@ -236,7 +249,7 @@ def test_training_outcome_is_pushed_grouped_by_job_and_run_id(trained_run: dict[
     assert trained_run["started"] <= value(prometheus, f"cifar_job_last_success_timestamp_seconds{{{group}}}") <= trained_run["ended"]
     assert 0 < value(prometheus, f"cifar_job_run_duration_seconds{{{group}}}") <= trained_run["ended"] - trained_run["started"]
     assert query(prometheus, f"cifar_job_gate_passed{{{group}}}") == {}  # train alone never meets the gate
-    assert "WARNING" not in trained_run["stderr"]
+    assert "pushed outcome 'success'" in trained_run["stderr"] and "WARNING job.metrics" not in trained_run["stderr"]
 
 
 def test_unreachable_pushgateway_is_a_warning_not_a_failure(trained_run: dict[str, Any], real_archive: Path) -> None:
@@ -248,7 +261,7 @@ def test_unreachable_pushgateway_is_a_warning_not_a_failure(trained_run: dict[st
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 2 epochs" in proc.stdout
-    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING job.metrics" in line]
     assert len(warnings) == 1 and f"could not push the outcome to the Pushgateway {closed}" in warnings[0], proc.stderr[-3000:]
 
 
@@ -263,8 +276,103 @@ def test_failed_run_pushes_its_failure_and_alerts(tmp_path: Path, pushgateway: s
     assert value(prometheus, f"cifar_job_exit_code{{{group}}}") == DataError.exit_code
     assert value(prometheus, f'cifar_job_exit_reason{{{group},command="train",reason="data"}}') == 1
     assert query(prometheus, f"cifar_job_last_success_timestamp_seconds{{{group}}}") == {}
-    alert = eventually(lambda: firing_alerts(prometheus, "CifarJobFailed"), "CifarJobFailed firing")
-    assert [(a["run_id"], a["reason"]) for a in alert] == [("bad-data", "data")]
+    alerts = eventually(lambda: [a for a in firing_alerts(prometheus, "CifarJobFailed") if a["run_id"] == "bad-data"], "CifarJobFailed")
+    assert [(a["command"], a["reason"], a["severity"]) for a in alerts] == [("train", "data", "critical")]
+
+
+def test_sigterm_during_training_pushes_a_preemption(tmp_path: Path, real_archive: Path, pushgateway: str, prometheus: str) -> None:
+    port = free_port()
+    proc = cifar_job_process(
+        "train", "--out", str(tmp_path / "run"), "--data", str(real_archive), *SMALL_RUN, "--epochs", "1000",
+        "--set", f"metrics.port={port}",
+        "--set", f"metrics.pushgateway_url={pushgateway}",
+        "--set", "metrics.run_id=stopped",
+        "--set", "metrics.linger_seconds=600",
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+
+        def training() -> bool:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                return "cifar_job_train_step " in http_get(f"http://127.0.0.1:{port}/metrics").decode()
+            except OSError:
+                return False
+
+        eventually(training, "training under way")
+        proc.send_signal(signal.SIGTERM)  # what Kubernetes sends a pod it stops
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == Preempted.exit_code, stderr[-3000:]
+    assert "keeping /metrics up" not in stderr  # a stopped pod does not linger
+    group = 'job="cifar-job",run_id="stopped"'
+    assert value(prometheus, f"cifar_job_exit_code{{{group}}}") == Preempted.exit_code
+    assert value(prometheus, f'cifar_job_exit_reason{{{group},command="train",reason="preempted"}}') == 1
+    assert not [a for a in firing_alerts(prometheus, "CifarJobFailed") if a["run_id"] == "stopped"]
+
+
+@pytest.fixture(scope="module")
+def gated_run(trained_run: dict[str, Any], real_archive: Path, prometheus: str, pushgateway: str, job_port: int) -> dict[str, Any]:
+    """`cifar-job run` resuming the trained run at export; the tiny model then fails the reference gate."""
+    out = trained_run["out"]
+    started = time.time()
+    proc = cifar_job(
+        "run", "--out", str(out), "--data", str(real_archive), *SMALL_RUN, "--device", "cpu",
+        "--set", "export.parity_images=200", "--set", "validate.batch_size=50",
+        "--set", f"publish.root={out.parent / 'models'}",
+        "--set", f"metrics.port={job_port}",
+        "--set", f"metrics.pushgateway_url={pushgateway}",
+        "--set", "metrics.run_id=gated-run",
+        "--set", "metrics.linger_seconds=120",
+        cwd=out.parent,
+    )  # fmt: skip
+    assert proc.returncode == GateFailed.exit_code, proc.stderr[-3000:]
+    return {"out": out, "started": started, "ended": time.time()}
+
+
+def test_export_and_validation_metrics_reach_prometheus(gated_run: dict[str, Any], prometheus: str) -> None:
+    out = gated_run["out"]
+    export = json.loads((out / "export.json").read_text())
+    validation = json.loads((out / "metrics.json").read_text())
+
+    def scraped(name: str, **labels: str) -> float:
+        return last_scraped(prometheus, name, **labels)
+
+    assert scraped("cifar_job_export_model_size_bytes") == (out / "model.onnx").stat().st_size == export["size_bytes"]
+    assert scraped("cifar_job_export_parity_max_abs_difference") == pytest.approx(export["parity_max_abs_diff"], rel=1e-9)
+    assert scraped("cifar_job_export_duration_seconds") == pytest.approx(export["duration_s"])
+    assert scraped("cifar_job_validation_accuracy_ratio") == pytest.approx(validation["accuracy"])
+    assert scraped("cifar_job_validation_f1_score", average="macro") == pytest.approx(validation["macro_f1"])
+    assert scraped("cifar_job_validation_f1_score", average="weighted") == pytest.approx(validation["weighted_f1"])
+    for metric, key in [("precision_ratio", "precision"), ("recall_ratio", "recall"), ("f1_score", "f1")]:
+        series = query(prometheus, f'last_over_time(cifar_job_validation_class_{metric}{{job="{JOB_SCRAPE}"}}[10m])')
+        by_class = {dict(labels)["class_name"]: v for labels, v in series.items()}
+        assert by_class == pytest.approx({name: scores[key] for name, scores in validation["per_class"].items()}), metric
+        assert sorted(by_class) == sorted(CLASS_NAMES)
+    assert scraped("cifar_job_validation_batch_latency_seconds_count") == 4  # 200 test images in batches of 50
+    assert scraped("cifar_job_validation_images_per_second") == pytest.approx(validation["inference"]["images_per_second"])
+    assert scraped("cifar_job_validation_execution_provider_info", provider="CPUExecutionProvider") == 1
+
+    times = {
+        stage: (scraped("cifar_job_stage_start_timestamp_seconds", stage=stage), scraped("cifar_job_stage_end_timestamp_seconds", stage=stage))
+        for stage in ("export", "validate", "publish")
+    }
+    assert gated_run["started"] <= times["export"][0] < times["export"][1] <= times["validate"][0] < times["validate"][1]
+    assert times["validate"][1] <= times["publish"][0] <= times["publish"][1] <= gated_run["ended"]
+
+
+def test_a_failed_gate_is_pushed_and_alerts(gated_run: dict[str, Any], prometheus: str) -> None:
+    group = 'job="cifar-job",run_id="gated-run"'
+    assert value(prometheus, f"cifar_job_exit_code{{{group}}}") == GateFailed.exit_code
+    assert value(prometheus, f'cifar_job_exit_reason{{{group},command="run",reason="gate_failed"}}') == 1
+    assert value(prometheus, f"cifar_job_gate_passed{{{group}}}") == 0
+    assert query(prometheus, f"cifar_job_last_success_timestamp_seconds{{{group}}}") == {}
+    alerts = eventually(
+        lambda: [a for a in firing_alerts(prometheus, "CifarJobQualityGateFailed") if a["run_id"] == "gated-run"], "gate alert"
+    )
+    assert [a["severity"] for a in alerts] == ["warning"]
+    assert not [a for a in firing_alerts(prometheus, "CifarJobFailed") if a["run_id"] == "gated-run"]
 
 
 # --- how a session ends: outcome, push, linger -----------------------------------------------
@@ -288,7 +396,7 @@ def test_a_failing_body_pushes_its_reason_and_is_reraised(
 ) -> None:
     run_id = f"session-{reason}"
     config = _config(tmp_path, pushgateway_url=pushgateway, run_id=run_id, port=free_port(), linger_seconds=0.2)
-    caplog.set_level(logging.INFO, logger="cifar_job.metrics")
+    caplog.set_level(logging.INFO, logger="job.metrics")
     with pytest.raises(type(error)) as raised:
         with RunMetrics.session(config, "validate") as metrics, metrics.stage("validate"):
             raise error
@@ -410,12 +518,6 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     tests = subprocess.run(["promtool", "test", "rules", str(RULE_TESTS)], capture_output=True, text=True)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-
-
-def test_readme_metrics_reference_matches_the_code() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert README_BEGIN in readme and README_END in readme, "README.md has no metrics reference block"
-    assert readme == readme_with_reference(readme), "README metrics reference is stale: run `python -m job.metrics README.md`"
 
 
 def test_reference_documents_every_metric_once_with_prometheus_names() -> None:
