@@ -294,8 +294,8 @@ class RunMetrics:
         try:
             if not self._server.wait_for_final_scrape(seconds):
                 log.info("no scrape of the final values within %gs", seconds)
-        except KeyboardInterrupt:  # the work is done; a Ctrl-C only cuts the wait short
-            pass
+        except (KeyboardInterrupt, Preempted):  # the work is done and pushed; Ctrl-C or SIGTERM only cut the wait short
+            log.info("stopped waiting for the final scrape")
 
 
 class _MetricsServer:

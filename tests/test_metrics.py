@@ -265,6 +265,23 @@ def test_unreachable_pushgateway_is_a_warning_not_a_failure(trained_run: dict[st
     assert len(warnings) == 1 and f"could not push the outcome to the Pushgateway {closed}" in warnings[0], proc.stderr[-3000:]
 
 
+def test_sigterm_while_lingering_keeps_the_success(trained_run: dict[str, Any], real_archive: Path) -> None:
+    out = trained_run["out"]
+    proc = cifar_job_process(
+        "train", "--out", str(out), "--data", str(real_archive), *SMALL_RUN,
+        "--set", f"metrics.port={free_port()}", "--set", "metrics.linger_seconds=600",  # a port nobody scrapes
+        cwd=out.parent,
+    )  # fmt: skip
+    with proc:
+        for line in proc.stderr:  # training is complete already: the command ends at once and lingers
+            if "keeping /metrics up" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "stopped waiting for the final scrape" in stderr
+
+
 def test_failed_run_pushes_its_failure_and_alerts(tmp_path: Path, pushgateway: str, prometheus: str) -> None:
     proc = cifar_job(
         "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "missing.tar.gz"),
