@@ -225,7 +225,8 @@ def _describe(error: ValidationError, sources: Mapping[str, str]) -> str:
     if first["type"] == "extra_forbidden":
         return f"config key {key} (from {source}): unknown key; expected one of: {_known_keys(first['loc'])}"
     got = first.get("input")
-    return f"config key {key} (from {source}): {first['msg'].lower()}, got {got!r}"
+    message = first["msg"][:1].lower() + first["msg"][1:]  # lower the first letter only: patterns keep their case
+    return f"config key {key} (from {source}): {message}, got {got!r}"
 
 
 def _known_keys(loc: tuple[Any, ...]) -> str:
