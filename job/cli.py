@@ -1,6 +1,6 @@
 """The `cifar-job` command line: parse, load the config, dispatch to a stage. No logic of its own.
 
-Every expected failure is a `JobError`: it becomes one line on stderr and its exit code.
+Every expected failure (job/errors.py) becomes one line on stderr and its exit code.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 import yaml
 
 from job.config import Config, load_config
-from job.errors import ConfigError, JobError, Preempted
+from job.errors import EXPECTED_FAILURES, ConfigError, Preempted
 from job.metrics import RunMetrics
 from job.paths import RunPaths
 
@@ -26,12 +26,12 @@ log = logging.getLogger("cifar_job")
 
 
 class _JobGroup(click.Group):
-    """Turns a JobError raised anywhere below into a one-line message and its exit code."""
+    """Turns an expected failure raised anywhere below into a one-line message and its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except JobError as e:
+        except EXPECTED_FAILURES as e:
             click.echo(f"cifar-job: error: {e}", err=True)
             ctx.exit(e.exit_code)
 

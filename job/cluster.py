@@ -48,7 +48,7 @@ _CORE = {  # kind -> (client API class, snake-case name in its create_namespaced
 _CUSTOM = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}  # Prometheus Operator CRDs
 _EPOCH = datetime.fromtimestamp(0, timezone.utc)
 _EXIT_REASONS = {0: "success"} | {
-    cls.exit_code: cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, JobError)
+    cls.exit_code: cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.EXPECTED_FAILURES)
 }
 
 

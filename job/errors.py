@@ -84,14 +84,21 @@ class ClusterJobFailed(JobError):
     reason = "job_failed"
 
 
-class Preempted(JobError):
-    """SIGTERM arrived: state up to the last complete epoch is saved; rerun to resume.
+class Preempted(BaseException):
+    """SIGTERM arrived: finished stages and epochs are saved; rerun to resume.
 
-    75 is sysexits' EX_TEMPFAIL: a retry is expected to succeed.
+    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the
+    program happens to be, and an `except Exception` on the way (logging swallows errors
+    raised while it writes a record) must not lose it. 75 is sysexits' EX_TEMPFAIL: a retry
+    is expected to succeed.
     """
 
     exit_code = 75
     reason = "preempted"
+
+
+# Every expected way to fail: each carries `exit_code` and `reason`; the CLI prints one line.
+EXPECTED_FAILURES = (JobError, Preempted)
 
 
 # Codes no retry can fix; the Job's podFailurePolicy fails at once on these.

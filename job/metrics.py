@@ -29,7 +29,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 
 from job.config import Config
-from job.errors import ConfigError, GateFailed, JobError, Preempted
+from job.errors import EXPECTED_FAILURES, ConfigError, GateFailed, Preempted
 
 if TYPE_CHECKING:
     import keras
@@ -290,8 +290,8 @@ class RunMetrics:
         seconds = self.config.metrics.linger_seconds
         if not self._server or seconds <= 0:
             return
-        log.info("keeping /metrics up until the final values are scraped, at most %gs", seconds)
         try:
+            log.info("keeping /metrics up until the final values are scraped, at most %gs", seconds)
             if not self._server.wait_for_final_scrape(seconds):
                 log.info("no scrape of the final values within %gs", seconds)
         except (KeyboardInterrupt, Preempted):  # the work is done and pushed; Ctrl-C or SIGTERM only cut the wait short
@@ -343,7 +343,7 @@ def _outcome(error: BaseException | None) -> tuple[str, int]:
     """The exit reason and the exit status the CLI will end with."""
     if error is None:
         return "success", 0
-    if isinstance(error, JobError):
+    if isinstance(error, EXPECTED_FAILURES):
         return error.reason, error.exit_code
     if isinstance(error, KeyboardInterrupt):
         return "interrupted", 1  # click turns Ctrl-C into "Aborted!" and status 1
