@@ -1,4 +1,4 @@
-"""The full reference run on the real archive: ~15-40 min on 2 CPU cores, so marked slow.
+"""The full reference run on the real archive: about 12 min on 2 CPU cores, so marked slow.
 
 Run with `bash tests/run.sh -m slow`.
 """
