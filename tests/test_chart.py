@@ -120,6 +120,19 @@ def test_pod_config_is_valid_for_the_job(env: str, tmp_path: Path) -> None:
     assert str(config.publish.root).startswith("/data/") and str(config.data.cache_dir).startswith("/data/")
 
 
+def _pod_config(values: dict[str, Any]) -> dict[str, Any]:
+    config_map = next(d for d in rendered(values) if d["kind"] == "ConfigMap")
+    return yaml.safe_load(config_map["data"]["config.yaml"]) or {}
+
+
+def test_a_gpu_pod_validates_on_the_gpu_or_fails() -> None:
+    """onnxruntime falls back to the CPU silently: a pod given a GPU must not pass on a broken CUDA setup."""
+    assert _pod_config({})["validate"]["device"] == "gpu"
+    assert "validate" not in _pod_config({"gpu": {"count": 0}})
+    kept = _pod_config({"config": {"validate": {"device": "auto", "batch_size": 64}}})["validate"]
+    assert kept == {"device": "auto", "batch_size": 64}
+
+
 def test_helm_upgrade_replaces_the_job_only_when_values_change() -> None:
     """A Job's pod template is immutable: a changed rendering must come with a new Job name."""
     first = job_of(rendered({}))["metadata"]["name"]
