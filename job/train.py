@@ -45,6 +45,7 @@ class TrainState:
     best_epoch: int = 0
     patience_wait: int = 0
     stopped_early: bool = False
+    train_seconds: float = 0.0  # complete epochs only, summed over every process that trained
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -55,7 +56,7 @@ class TrainResult:
     best_val_loss: float
     best_val_accuracy: float
     stopped_early: bool
-    wall_seconds: float
+    train_seconds: float
     devices: list[str]
     config_digest: str
 
@@ -64,7 +65,7 @@ class TrainResult:
         return (
             f"trained {self.epochs_run} epochs ({how}); best epoch {self.best_epoch}: "
             f"val_loss {self.best_val_loss:.4f}, val_accuracy {self.best_val_accuracy:.4f}; "
-            f"{self.wall_seconds:.0f} s on {', '.join(self.devices)}"
+            f"{self.train_seconds:.0f} s on {', '.join(self.devices)}"
         )
 
     @classmethod
@@ -108,7 +109,6 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) 
 
     steps = pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
     tracker = _EpochTracker(state, paths, train_cfg.patience, train_cfg.min_delta)
-    started = time.monotonic()
     if not state.stopped_early and state.epochs_done < train_cfg.epochs:
         with _sigterm_raises_preempted(tracker):
             model.fit(
@@ -129,7 +129,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) 
         best_val_loss=state.best_val_loss,
         best_val_accuracy=best["val_accuracy"],
         stopped_early=state.stopped_early,
-        wall_seconds=round(time.monotonic() - started, 1),
+        train_seconds=round(state.train_seconds, 1),
         devices=devices,
         config_digest=digest,
     )
@@ -237,9 +237,13 @@ class _EpochTracker(keras.callbacks.Callback):
 
     on_test_batch_end = on_train_batch_end
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_started = time.monotonic()
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         s = self.state
+        s.train_seconds += time.monotonic() - self.epoch_started
         val_loss = float(logs["val_loss"])
         if val_loss < s.best_val_loss - self.min_delta:
             s.best_val_loss, s.best_epoch, s.patience_wait = val_loss, epoch + 1, 0

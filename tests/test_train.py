@@ -48,7 +48,7 @@ def test_training_writes_weights_history_plots_and_result(trained: Path) -> None
     result = json.loads((trained / "train.json").read_text())
     best = min(history, key=lambda row: row["val_loss"])
     assert (result["best_epoch"], result["best_val_loss"]) == (best["epoch"], best["val_loss"])
-    assert result["epochs_run"] == 2 and result["devices"] == ["CPU"]
+    assert result["epochs_run"] == 2 and result["devices"] == ["CPU"] and result["train_seconds"] > 0
 
     with h5py.File(trained / "best.weights.h5") as weights:  # a plain Keras weights file
         assert sum(a.size for a in _arrays(weights).values()) == 2_193_226
