@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,13 +97,40 @@ def test_malformed_yaml_is_a_config_error_with_line(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"cifar-job: error: config file {file} line ")
 
 
-def test_sigterm_outside_training_exits_with_the_preempted_code(real_archive: Path) -> None:
-    """A pod stopped while it is not training still ends with one line and exit 75, not a kill."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "job", "data", "verify", "--data", str(real_archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    time.sleep(1.5)  # imports done, reading the archive (about 3 s)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 75
+def test_sigterm_outside_training_exits_75_and_keeps_no_partial_download(tmp_path: Path) -> None:
+    """A pod stopped while it is not training ends with one line and exit 75, not a kill.
+
+    The command is caught mid-download from a server that stalls after a few bytes.
+    """
+    requested, release = threading.Event(), threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"\0" * 1000)
+            self.wfile.flush()
+            requested.set()
+            release.wait(60)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = tmp_path / "cache"
+    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    command = [sys.executable, "-m", "job", "data", "verify", "--data", url, "--set", f"data.cache_dir={cache}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert requested.wait(60), "the download never started"
+        time.sleep(0.2)  # blocked reading the stalled body
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        release.set()
+        server.shutdown()
+    assert proc.returncode == 75, stderr
     assert stderr.strip().splitlines()[-1] == "cifar-job: error: SIGTERM received; finished stages and epochs are saved, rerun to resume"
+    assert list(cache.iterdir()) == []  # the partial download was removed
