@@ -21,7 +21,7 @@ from export.onnx import export_onnx
 from export.publish import MODEL_FILE, publish_model
 from export.validate import validate_model
 from job.config import Config
-from job.data import load_dataset
+from job.data import CifarData, load_dataset
 from job.metrics import RunMetrics
 from job.paths import RunPaths
 
@@ -85,9 +85,9 @@ def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics) -> list[tup
         return []
     todo = STAGES[STAGES.index(start) :]
     log.info("run %s: %s %s", paths.root, "starting with" if start == "train" else "resuming at", " -> ".join(todo))
-    dataset = functools.cache(lambda: load_dataset(config.data))  # shared by export and validate
+    dataset = functools.cache(lambda: load_dataset(config.data))  # loaded once for every stage
     runners = {
-        "train": lambda: _train(config, paths, [metrics.keras_callback()]),
+        "train": lambda: _train(config, paths, [metrics.keras_callback()], dataset()),
         "export": lambda: export_onnx(config, paths, dataset()),
         "validate": lambda: validate_model(config, paths, dataset()),
         "publish": lambda: publish_model(config, paths),
@@ -101,7 +101,7 @@ def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics) -> list[tup
     return results
 
 
-def _train(config: Config, paths: RunPaths, callbacks: Sequence[Any]) -> Any:
+def _train(config: Config, paths: RunPaths, callbacks: Sequence[Any], data: CifarData) -> Any:
     from job.train import train_model  # imports Keras
 
-    return train_model(config, paths, callbacks=callbacks)
+    return train_model(config, paths, callbacks=callbacks, data=data)

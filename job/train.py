@@ -27,7 +27,7 @@ import numpy as np
 
 from job.atomic import atomic_path, atomic_write
 from job.config import Config
-from job.data import load_dataset
+from job.data import CifarData, load_dataset
 from job.errors import ConfigError, Preempted
 from job.history import write_history
 from job.paths import RunPaths
@@ -73,8 +73,8 @@ class TrainResult:
         return cls(**json.loads(paths.train_result.read_text()))
 
 
-def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train (or resume, or return the finished result of) the run in `paths`."""
+def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), data: CifarData | None = None) -> TrainResult:
+    """Train (or resume, or return the finished result of) the run in `paths`; `data` if already loaded."""
     digest = config.training_digest()
     if paths.train_result.exists():
         done = TrainResult.load(paths)
@@ -82,7 +82,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = ()) 
             log.info("training already complete in %s", paths.root)
             return done
     state = _load_state(paths, digest)
-    data = load_dataset(config.data)
+    data = data if data is not None else load_dataset(config.data)
     paths.begin(config)
 
     import tensorflow as tf
