@@ -163,6 +163,9 @@ def test_prometheus_rule_embeds_the_alert_rules_file() -> None:
     docs = rendered({"prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}})
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     assert rule["spec"] == rules and rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    slower = next(d for d in rendered({"prometheusRule": {"enabled": True, "stalledAfterSeconds": 1800}}) if d["kind"] == "PrometheusRule")
+    stalled = [r["expr"] for g in slower["spec"]["groups"] for r in g["rules"] if r.get("alert") == "CifarJobTrainingStalled"]
+    assert len(stalled) == 1 and "> 1800" in stalled[0] and "> 900" not in stalled[0]
     assert not any(d["kind"] in ("PodMonitor", "PrometheusRule") for d in rendered({"podMonitor": {"enabled": False}}))
 
 
