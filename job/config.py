@@ -65,6 +65,7 @@ class TrainConfig(_Section):
     seed: int = Field(42, ge=0, description="Seed for weights, shuffling, augmentation and dropout.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower; bit-exact reruns).")
     mixed_precision: bool = Field(False, description="float16 compute on GPU (ignored on CPU).")
+    device: Literal["auto", "gpu", "cpu"] = Field("auto", description="auto: every visible GPU, else the CPU; gpu: fail (exit 7) without one; cpu: ignore GPUs.")
 
 
 class ExportConfig(_Section):

@@ -50,7 +50,7 @@ class GateFailed(JobError):
 
 
 class DeviceUnavailable(JobError):
-    """A GPU was required but the CUDA execution provider is not the one running."""
+    """A GPU was required (train.device or validate.device) but is not the one running."""
 
     exit_code = 7
     reason = "device"

@@ -28,7 +28,7 @@ import numpy as np
 from job.atomic import atomic_path, atomic_write
 from job.config import Config
 from job.data import CifarData, load_dataset
-from job.errors import ConfigError, Preempted
+from job.errors import ConfigError, DeviceUnavailable, Preempted
 from job.history import write_history
 from job.paths import RunPaths
 
@@ -83,15 +83,15 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
             return done
     state = _load_state(paths, digest)
     data = data if data is not None else load_dataset(config.data)
-    paths.begin(config)
 
     import tensorflow as tf
 
+    strategy, devices = _strategy(tf, config.train.device)
+    log.info("training on %s", ", ".join(devices))
+    paths.begin(config)
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy, devices = _strategy(tf)
-    log.info("training on %s", ", ".join(devices))
     if config.train.mixed_precision:
         if devices[0].startswith("CPU"):
             log.warning("train.mixed_precision ignored: no GPU")
@@ -138,9 +138,13 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
     return result
 
 
-def _strategy(tf: Any) -> tuple[Any, list[str]]:
-    """All visible GPUs (mirrored when several), else the CPU."""
+def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
+    """All visible GPUs (mirrored when several), else the CPU; `gpu` insists on one, `cpu` hides them."""
+    if device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
     gpus = tf.config.list_logical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise DeviceUnavailable("train.device=gpu: TensorFlow sees no GPU (no device, or its driver, CUDA or cuDNN libraries are missing)")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([g.name for g in gpus]), [g.name for g in gpus]
     if gpus:

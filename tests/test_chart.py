@@ -125,10 +125,10 @@ def _pod_config(values: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(config_map["data"]["config.yaml"]) or {}
 
 
-def test_a_gpu_pod_validates_on_the_gpu_or_fails() -> None:
-    """onnxruntime falls back to the CPU silently: a pod given a GPU must not pass on a broken CUDA setup."""
-    assert _pod_config({})["validate"]["device"] == "gpu"
-    assert "validate" not in _pod_config({"gpu": {"count": 0}})
+def test_a_gpu_pod_trains_and_validates_on_the_gpu_or_fails() -> None:
+    """TensorFlow and onnxruntime fall back to the CPU silently: a pod given a GPU must not, on a broken CUDA setup."""
+    assert _pod_config({})["train"]["device"] == _pod_config({})["validate"]["device"] == "gpu"
+    assert not {"train", "validate"} & _pod_config({"gpu": {"count": 0}}).keys()
     kept = _pod_config({"config": {"validate": {"device": "auto", "batch_size": 64}}})["validate"]
     assert kept == {"device": "auto", "batch_size": 64}
 

@@ -147,3 +147,12 @@ def _arrays(group: h5py.Group) -> dict[str, np.ndarray]:
     found: dict[str, np.ndarray] = {}
     group.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     return found
+
+
+def test_training_that_requires_a_gpu_fails_without_one_and_writes_nothing(real_archive: Path, tmp_path: Path) -> None:
+    """This machine has no GPU: a GPU pod whose CUDA setup is broken must fail, not train on the CPU."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, _train_args(real_archive, out, "--set", "train.device=gpu"))
+    assert result.exit_code == 7
+    assert result.stderr.strip().splitlines()[-1].startswith("cifar-job: error: train.device=gpu: TensorFlow sees no GPU")
+    assert not out.exists()
