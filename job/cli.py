@@ -147,16 +147,25 @@ _device_option = click.option(
 )
 
 
+def _one_stage(config: Config, stage: str, work: Callable[[Config, RunPaths], Any], verdict: Callable[[Any], None] = lambda _: None) -> None:
+    """One stage as its own command: its metrics session, its result recorded and printed, then `verdict`.
+
+    `verdict` runs inside the session so that a failure it raises is the outcome pushed.
+    """
+    with RunMetrics.session(config, stage) as metrics, metrics.stage(stage):
+        result = work(config, _prepare(config))
+        metrics.record(stage, result)
+        click.echo(result.summary())
+        verdict(result)
+
+
 @main.command("export")
 @config_options
 def export_command(config: Config) -> None:
     """Convert the best weights to ONNX (model.onnx) and prove it matches Keras on real images."""
     from export.onnx import export_onnx
 
-    with RunMetrics.session(config, "export") as metrics, metrics.stage("export"):
-        result = export_onnx(config, _prepare(config))
-        metrics.record_export(result)
-    click.echo(result.summary())
+    _one_stage(config, "export", export_onnx)
 
 
 @main.command()
@@ -166,11 +175,7 @@ def validate(config: Config) -> None:
     """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate."""
     from export.validate import validate_model
 
-    with RunMetrics.session(config, "validate") as metrics, metrics.stage("validate"):
-        result = validate_model(config, _prepare(config))
-        metrics.record_validation(result)
-        click.echo(result.summary())
-        result.gate.enforce()
+    _one_stage(config, "validate", validate_model, verdict=lambda result: result.gate.enforce())
 
 
 @main.command()
@@ -179,9 +184,7 @@ def publish(config: Config) -> None:
     """Publish the validated model as the next version under publish.root, if it passes the gate."""
     from export.publish import publish_model
 
-    with RunMetrics.session(config, "publish") as metrics, metrics.stage("publish"):
-        result = publish_model(config, _prepare(config))
-    click.echo(result.summary())
+    _one_stage(config, "publish", publish_model)
 
 
 @main.command()
