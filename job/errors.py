@@ -84,6 +84,23 @@ class ClusterJobFailed(JobError):
     reason = "job_failed"
 
 
+class StorageFull(JobError):
+    """A write failed for lack of space or a read-only/failing file system (ENOSPC, EDQUOT, EROFS, EIO).
+
+    Nothing partial is left behind; a retry on the same volume fails the same way until it is freed.
+    """
+
+    exit_code = 12
+    reason = "storage"
+
+
+class TrainingDiverged(JobError):
+    """The training loss became NaN or infinite: the recipe (learning rate, decay) diverges."""
+
+    exit_code = 13
+    reason = "diverged"
+
+
 class Preempted(BaseException):
     """SIGTERM arrived: finished stages and epochs are saved; rerun to resume.
 
@@ -103,5 +120,7 @@ EXPECTED_FAILURES = (JobError, Preempted)
 
 # Codes no retry can fix; the Job's podFailurePolicy fails at once on these.
 NON_RETRYABLE_EXIT_CODES = tuple(
-    sorted(e.exit_code for e in (ConfigError, DataError, ExportError, ModelFileError, GateFailed, DeviceUnavailable))
+    sorted(e.exit_code for e in (
+        ConfigError, DataError, ExportError, ModelFileError, GateFailed, DeviceUnavailable, StorageFull, TrainingDiverged
+    ))
 )
