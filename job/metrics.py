@@ -8,28 +8,30 @@ global default registry. Every metric is declared once here; `reference_markdown
 declarations into the README's metrics reference (`python -m job.docs README.md`), so the two
 cannot drift.
 
-TensorFlow is never imported here: the Keras callback lives in `job.metrics_callback`.
+TensorFlow is never imported here: the Keras callback lives in `job.metrics_callback`; the push
+itself (URL checks, basic auth, bounded time) lives in `job.pushgateway`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, push_to_gateway
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 
 from job.config import Config
 from job.errors import EXPECTED_FAILURES, ConfigError, GateFailed, Preempted
+from job.pushgateway import Pushgateway, PushFailed
 
 if TYPE_CHECKING:
     import keras
@@ -40,7 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "cifar_job_"
-PUSH_TIMEOUT_SECONDS = 10.0
+PUSH_TIMEOUT_SECONDS = 10.0  # the whole push, however slowly the Pushgateway answers
+CLIENT_TIMEOUT_SECONDS = 10.0  # each read from or write to a /metrics client
 EPOCH_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -105,6 +108,8 @@ class RunMetrics:
         self._started = time.time()
         self._gate_passed: bool | None = None
         self._server: _MetricsServer | None = None
+        url = config.metrics.pushgateway_url  # checked, with its credentials, before any work
+        self._pushgateway = Pushgateway.from_settings(url, os.environ) if url else None
 
         s = self.scraped = _Registry()
         self.stage_active = s.add("stages", Gauge, "stage_active", "1 while the stage runs, 0 once it has ended.", ["stage"])
@@ -264,21 +269,15 @@ class RunMetrics:
             self._linger()
 
     def _push(self, reason: str) -> None:
-        settings = self.config.metrics
-        if not settings.pushgateway_url:
+        gateway, job = self._pushgateway, self.config.metrics.job_name
+        if gateway is None:
             return
         try:
-            push_to_gateway(
-                settings.pushgateway_url,
-                job=settings.job_name,
-                registry=self.outcome.registry,
-                grouping_key={"run_id": self.run_id},
-                timeout=PUSH_TIMEOUT_SECONDS,
-            )
-        except (OSError, HTTPException, ValueError) as e:
-            log.warning("could not push the outcome to the Pushgateway %s: %s (the run's result is unaffected)", settings.pushgateway_url, e)
+            gateway.push(job, {"run_id": self.run_id}, self.outcome.registry, PUSH_TIMEOUT_SECONDS)
+        except PushFailed as e:
+            log.warning("could not push the outcome to the Pushgateway %s: %s (the run's result is unaffected)", gateway.shown, e)
         else:
-            log.info("pushed outcome %r to %s (job=%s, run_id=%s)", reason, settings.pushgateway_url, settings.job_name, self.run_id)
+            log.info("pushed outcome %r to %s (job=%r, run_id=%r)", reason, gateway.shown, job, self.run_id)
 
     def _serve(self) -> None:
         settings = self.config.metrics
@@ -335,6 +334,8 @@ def _then(body: Iterable[bytes], done: Callable[[], None]) -> Iterator[bytes]:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CLIENT_TIMEOUT_SECONDS  # a client that connects and stalls holds a server thread this long at most
+
     def log_message(self, format: str, *args: Any) -> None:  # no access log in the job's output
         pass
 

@@ -2,14 +2,19 @@
 
 Prometheus scrapes the job's /metrics and the Pushgateway every second and evaluates the chart's
 alert rules; every assertion about a value goes through Prometheus' HTTP query API, so it checks
-what a dashboard or an alert would see. tests/run.sh installs the two packages.
+what a dashboard or an alert would see. A second Pushgateway requires basic auth (a bcrypt hash
+made by Apache's htpasswd). tests/run.sh installs the three packages.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,19 +24,23 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from export.gate import check_gate
 from export.onnx import ExportResult
-from export.validate import ValidationResult, classification_scores, confusion_matrix
+from export.scores import classification_scores, confusion_matrix
+from export.validate import ValidationResult
 from job.config import Config, GateConfig, load_config
 from job.errors import ConfigError, DataError, GateFailed, Preempted
-from job.metrics import RunMetrics, reference
+from job.metrics import CLIENT_TIMEOUT_SECONDS, RunMetrics, reference
+from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV, Pushgateway, PushFailed
 
 from .conftest import CLASS_NAMES
 
@@ -61,19 +70,22 @@ def eventually(check: Callable[[], Any], what: str, deadline_s: float = 90.0) ->
         time.sleep(0.2)
 
 
-def http_get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def http_get(url: str, auth: tuple[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()
 
 
-def _start(argv: list[str], ready_url: str, log_file: Path) -> subprocess.Popen[bytes]:
+def _start(argv: list[str], ready_url: str, log_file: Path, auth: tuple[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
         assert proc.poll() is None, f"{argv[0]} exited:\n{log_file.read_text()[-3000:]}"
         try:
-            return http_get(ready_url) is not None
+            return http_get(ready_url, auth) is not None
         except OSError:
             return False
 
@@ -105,6 +117,42 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _stop(proc)
 
 
+@dataclass(frozen=True)
+class SecuredPushgateway:
+    url: str
+    username: str
+    password: str
+    password_file: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a pod gets from the chart: the username, and the path of the mounted Secret."""
+        return {USERNAME_ENV: self.username, PASSWORD_FILE_ENV: str(self.password_file)}
+
+    def groups(self) -> list[dict[str, str]]:
+        """The grouping labels of every group the Pushgateway holds (its own API)."""
+        body = json.loads(http_get(f"{self.url}/api/v1/metrics", (self.username, self.password)))
+        return [group["labels"] for group in body["data"]]
+
+
+@pytest.fixture(scope="module")
+def secured_pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredPushgateway]:
+    """A real Pushgateway that requires basic auth (--web.config.file, bcrypt hash from Apache's htpasswd)."""
+    home = tmp_path_factory.mktemp("secured-pushgateway")
+    username, password = "pusher", "pw-" + secrets.token_urlsafe(24)
+    password_file = home / "password"
+    password_file.write_text(password + "\n")  # as `echo` or a Secret made from a file leaves it
+    hashed = subprocess.run(["htpasswd", "-niB", "-C", "4", username], input=password, capture_output=True, text=True, check=True)
+    web_config = home / "web.yml"
+    web_config.write_text(yaml.safe_dump({"basic_auth_users": dict([hashed.stdout.strip().split(":", 1)])}))
+    port = free_port()
+    argv = ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=", f"--web.config.file={web_config}"]
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(argv, f"{url}/-/ready", home / "pushgateway.log", auth=(username, password))
+    yield SecuredPushgateway(url, username, password, password_file)
+    _stop(proc)
+
+
 @pytest.fixture(scope="module")
 def job_port() -> int:
     """The port the job under test serves /metrics on; Prometheus scrapes it."""
@@ -112,8 +160,10 @@ def job_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory, pushgateway: str, job_port: int) -> Iterator[str]:
-    """A real Prometheus scraping the job and the Pushgateway every second, with the chart's alert rules; yields its URL."""
+def prometheus(
+    tmp_path_factory: pytest.TempPathFactory, pushgateway: str, secured_pushgateway: SecuredPushgateway, job_port: int
+) -> Iterator[str]:
+    """A real Prometheus scraping the job and both Pushgateways every second, with the chart's alert rules; yields its URL."""
     home = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -124,6 +174,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, pushgateway: str, job_p
                 "job_name": "pushgateway",
                 "honor_labels": True,  # keep the pushed job and run_id
                 "static_configs": [{"targets": [urllib.parse.urlsplit(pushgateway).netloc]}],
+            },
+            {
+                "job_name": "secured-pushgateway",
+                "honor_labels": True,
+                "basic_auth": {"username": secured_pushgateway.username, "password_file": str(secured_pushgateway.password_file)},
+                "static_configs": [{"targets": [urllib.parse.urlsplit(secured_pushgateway.url).netloc]}],
             },
         ],
     }
@@ -164,16 +220,16 @@ def firing_alerts(prometheus: str, name: str) -> list[dict[str, str]]:
 # --- running the real command line ------------------------------------------------------------
 
 
-def cifar_job_process(*args: str, cwd: Path, **popen: Any) -> subprocess.Popen[str]:
-    """`cifar-job ARGS` started in a subprocess, with no CIFAR_JOB_* variables from the caller's environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}
+def cifar_job_process(*args: str, cwd: Path, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
+    """`cifar-job ARGS` started in a subprocess with `env` added, and no CIFAR_JOB_* or PUSHGATEWAY_* variables of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIFAR_JOB_", "PUSHGATEWAY_"))} | (env or {})
     argv = [sys.executable, "-m", "job", *args]
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def cifar_job(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cifar_job(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`cifar-job ARGS` run to its end."""
-    with cifar_job_process(*args, cwd=cwd) as proc:
+    with cifar_job_process(*args, cwd=cwd, env=env) as proc:
         stdout, stderr = proc.communicate(timeout=900)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -330,8 +386,10 @@ def test_sigterm_during_training_pushes_a_preemption(tmp_path: Path, real_archiv
 
 
 @pytest.fixture(scope="module")
-def gated_run(trained_run: dict[str, Any], real_archive: Path, prometheus: str, pushgateway: str, job_port: int) -> dict[str, Any]:
-    """`cifar-job run` resuming the trained run at export; the tiny model then fails the reference gate."""
+def gated_run(
+    trained_run: dict[str, Any], real_archive: Path, prometheus: str, secured_pushgateway: SecuredPushgateway, job_port: int
+) -> dict[str, Any]:
+    """`cifar-job run` resuming the trained run at export, pushing with basic auth; the tiny model then fails the reference gate."""
     out = trained_run["out"]
     started = time.time()
     proc = cifar_job(
@@ -339,13 +397,13 @@ def gated_run(trained_run: dict[str, Any], real_archive: Path, prometheus: str, 
         "--set", "export.parity_images=200", "--set", "validate.batch_size=50",
         "--set", f"publish.root={out.parent / 'models'}",
         "--set", f"metrics.port={job_port}",
-        "--set", f"metrics.pushgateway_url={pushgateway}",
+        "--set", f"metrics.pushgateway_url={secured_pushgateway.url}",
         "--set", "metrics.run_id=gated-run",
         "--set", "metrics.linger_seconds=120",
-        cwd=out.parent,
+        cwd=out.parent, env=secured_pushgateway.env,
     )  # fmt: skip
     assert proc.returncode == GateFailed.exit_code, proc.stderr[-3000:]
-    return {"out": out, "started": started, "ended": time.time()}
+    return {"out": out, "started": started, "ended": time.time(), "output": proc.stdout + proc.stderr}
 
 
 def test_export_and_validation_metrics_reach_prometheus(gated_run: dict[str, Any], prometheus: str) -> None:
@@ -390,6 +448,186 @@ def test_a_failed_gate_is_pushed_and_alerts(gated_run: dict[str, Any], prometheu
     )
     assert [a["severity"] for a in alerts] == ["warning"]
     assert not [a for a in firing_alerts(prometheus, "CifarJobFailed") if a["run_id"] == "gated-run"]
+
+
+# --- hostile and faulty inputs: credentials, URLs, grouping values, slow servers -------------
+
+
+def test_basic_auth_push_leaks_the_password_nowhere(gated_run: dict[str, Any], secured_pushgateway: SecuredPushgateway) -> None:
+    """The push authenticates (the failed-gate alert above fires from it); no output or run file holds the password."""
+    assert "pushed outcome 'gate_failed'" in gated_run["output"]
+    assert {"job": "cifar-job", "run_id": "gated-run"} in secured_pushgateway.groups()
+    secret = secured_pushgateway.password.encode()
+    assert (gated_run["out"] / "metrics.json").is_file() and (gated_run["out"] / "config.yaml").is_file()
+    assert secret not in gated_run["output"].encode()
+    assert [p for p in gated_run["out"].rglob("*") if p.is_file() and secret in p.read_bytes()] == []
+
+
+def _use_credentials(monkeypatch: pytest.MonkeyPatch, username: str, password_file: Path) -> None:
+    monkeypatch.setenv(USERNAME_ENV, username)
+    monkeypatch.setenv(PASSWORD_FILE_ENV, str(password_file))
+
+
+def test_a_wrong_password_is_one_warning_without_it(
+    tmp_path: Path, secured_pushgateway: SecuredPushgateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = tmp_path / "password"
+    wrong.write_text("not-the-password-" + secrets.token_hex(8))
+    _use_credentials(monkeypatch, secured_pushgateway.username, wrong)
+    caplog.set_level(logging.INFO, logger="job.metrics")
+    with RunMetrics.session(_config(tmp_path, pushgateway_url=secured_pushgateway.url, run_id="wrong-password"), "train"):
+        pass
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"could not push the outcome to the Pushgateway {secured_pushgateway.url}: HTTP 401 Unauthorized (the run's result is unaffected)"
+    ]
+    assert wrong.read_text() not in caplog.text
+    assert not [g for g in secured_pushgateway.groups() if g.get("run_id") == "wrong-password"]
+
+
+IN_URL = "pw-" + secrets.token_hex(8)  # a password or token someone put into the URL
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://pusher:{IN_URL}@127.0.0.1:9091", f"http://{IN_URL}@127.0.0.1:9091", f"http://127.0.0.1:9091/?token={IN_URL}"],
+    ids=["user-password", "token-as-user", "query-token"],
+)
+def test_credentials_in_the_url_are_refused_before_any_work(url: str, tmp_path: Path) -> None:
+    """urllib would never send them, and config.yaml, the ConfigMap and every log line would show them."""
+    proc = cifar_job(
+        "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "missing.tar.gz"),
+        "--set", f"metrics.pushgateway_url={url}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == ConfigError.exit_code, proc.stderr[-3000:]
+    assert IN_URL not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "metrics.pushgateway_url" in line]
+    assert USERNAME_ENV in line and PASSWORD_FILE_ENV in line
+    assert not (tmp_path / "run").exists()  # nothing was recorded
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1:9091", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://:9091", "http://127.0.0.1:9091/\x7f", "http://h#x"]
+)
+def test_a_malformed_pushgateway_url_is_a_config_error_before_any_work(url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^metrics.pushgateway_url "):
+        with RunMetrics.session(_config(tmp_path, pushgateway_url=url), "train"):
+            pytest.fail("the body ran")
+
+
+@pytest.mark.parametrize(
+    ("username", "password_file", "problem"),
+    [
+        ("pusher", None, f"{PASSWORD_FILE_ENV} is not set"),
+        (None, "password", f"{USERNAME_ENV} is not set"),
+        ("push:er", "password", "cannot contain ':'"),
+        ("pusher", "missing", "cannot read (No such file or directory)"),
+        ("pusher", "empty", "empty"),
+        ("pusher", "/dev/zero", "more than 4096 bytes"),
+    ],
+)
+def test_unusable_credentials_are_config_errors(username: str | None, password_file: str | None, problem: str, tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("p4ssw0rd\n")
+    (tmp_path / "empty").write_text("\n")
+    env = {USERNAME_ENV: username, PASSWORD_FILE_ENV: password_file and str(tmp_path / password_file)}
+    with pytest.raises(ConfigError, match=re.escape(problem)) as raised:
+        Pushgateway.from_settings("http://127.0.0.1:9091", {k: v for k, v in env.items() if v})
+    assert "p4ssw0rd" not in str(raised.value)
+
+
+HOSTILE_RUN_IDS = ["a/b", "..", ".", "../../other-job", "a b", "ü?#%&=;", "x\ny"]
+
+
+def test_grouping_values_cannot_change_the_group(
+    tmp_path: Path, secured_pushgateway: SecuredPushgateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run id or job name with `/`, `..`, `%`, `?` or a newline is pushed to exactly its own group."""
+    _use_credentials(monkeypatch, secured_pushgateway.username, secured_pushgateway.password_file)
+    for run_id in HOSTILE_RUN_IDS:
+        with RunMetrics.session(_config(tmp_path, pushgateway_url=secured_pushgateway.url, run_id=run_id, job_name="x/../y"), "train"):
+            pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    pushed = [g for g in secured_pushgateway.groups() if g["job"] == "x/../y"]
+    assert sorted(pushed, key=lambda g: g["run_id"]) == [{"job": "x/../y", "run_id": r} for r in sorted(HOSTILE_RUN_IDS)]
+
+
+@contextlib.contextmanager
+def hostile_server(answer: Callable[[socket.socket], None]) -> Iterator[tuple[str, list[bytes]]]:
+    """A real HTTP-ish server on 127.0.0.1: reads each request, then `answer(connection)`; yields its URL and the requests."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                requests.append(connection.recv(65536))
+                with contextlib.suppress(OSError):  # the client gave up or closed: that is the point
+                    answer(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", requests
+    finally:
+        listener.close()
+
+
+def _trickle(connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    for _ in range(600):  # one byte every 0.1 s of a header line that never ends
+        connection.sendall(b"x")
+        time.sleep(0.1)
+
+
+def _flood(connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+    while True:
+        connection.sendall(b"\0" * 65536)
+
+
+def _push(url: str, timeout: float = 1.0, **auth: str) -> float:
+    """Push an empty outcome to `url`; returns the seconds it took."""
+    started = time.monotonic()
+    Pushgateway(url, **auth).push("cifar-job", {"run_id": "hostile"}, CollectorRegistry(), timeout)
+    return time.monotonic() - started
+
+
+def test_a_push_ends_within_its_timeout_however_the_server_answers() -> None:
+    with hostile_server(_trickle) as (url, _):
+        started = time.monotonic()
+        with pytest.raises(PushFailed, match=r"^no complete answer within 1s$"):
+            _push(url)
+        assert time.monotonic() - started < 2
+    with hostile_server(_flood) as (url, _):
+        assert _push(url) < 2  # a 200 with an endless body: the body is never read
+
+
+def test_a_redirect_is_not_followed_and_a_garbled_answer_is_one_printable_line() -> None:
+    with hostile_server(lambda c: None) as (elsewhere, stolen):
+        location = f"Location: {elsewhere}/steal\r\n".encode()
+        with hostile_server(lambda c: c.sendall(b"HTTP/1.1 307 Temporary Redirect\r\n" + location + b"\r\n")) as (url, _):
+            with pytest.raises(PushFailed, match=r"^HTTP 307 Temporary Redirect$"):
+                _push(url, username="pusher", password="p4ssw0rd")
+        assert stolen == []
+    with hostile_server(lambda c: c.sendall(b"HTTP/1.1 200 \x1b[2J OK\r\n" + b"Bad Header\r\n" * 200 + b"\r\n")) as (url, _):
+        with pytest.raises(PushFailed) as raised:
+            _push(url)
+    assert str(raised.value).isprintable() and len(str(raised.value)) <= 200
+
+
+def test_a_stalled_metrics_client_is_dropped(tmp_path: Path) -> None:
+    """A client that connects and sends nothing does not hold a server thread for the rest of the run."""
+    port = free_port()
+    with RunMetrics.session(_config(tmp_path, port=port), "train"):
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.settimeout(CLIENT_TIMEOUT_SECONDS + 10)
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server
+        assert CLIENT_TIMEOUT_SECONDS - 1 < time.monotonic() - started < CLIENT_TIMEOUT_SECONDS + 5
 
 
 # --- how a session ends: outcome, push, linger -----------------------------------------------
@@ -488,7 +726,7 @@ def _validation_result(gate_passes: bool = True) -> ValidationResult:
     return ValidationResult(
         model_sha256="0" * 64, class_names=tuple(CLASS_NAMES), **scores, confusion_matrix=cm.tolist(), device="cpu",
         providers=("CPUExecutionProvider",), batch_size=64, batch_latencies_s=(0.01, 0.012, 0.011, 0.004), duration_s=0.04,
-        gate=check_gate(scores, gate),
+        test_set={}, gate=check_gate(scores, gate),
     )  # fmt: skip
 
 
