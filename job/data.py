@@ -1,40 +1,33 @@
-"""CIFAR-10 in the canonical python format: fetch, read safely, verify, split.
+"""CIFAR-10 in the canonical python format: fetch, read strictly, verify, split.
 
 Sources: a `.tar.gz` archive, an extracted directory, or an http(s) URL (downloaded once into
-the cache directory). Archives are read in memory, never extracted to disk, and every member
-is checked (no absolute paths, no `..`, no links, bounded size). Batches are unpickled with an
-allow-list that admits only what the format needs, so a data file can never run code.
-Any violation is a `DataError` naming the file and the problem. No TensorFlow here.
+the cache and kept only once it verifies: `download`). Archives are streamed in memory, never
+extracted, by a reader that accepts exactly the canonical member paths, each once, bounds
+every size before reading it and verifies the gzip CRC (`archive`); directories get the same
+bounds (`extracted`). Batches are parsed by a pickle reader that builds plain values and one
+uint8 array, never what the data names (`batch_format`, `safe_pickle`). Any violation is a
+one-line `DataError` naming the source and the problem. No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import logging
-import pickle
-import posixpath
-import tarfile
-import urllib.error
-import urllib.request
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from job.atomic import atomic_path
+from job.archive import ArchiveError, read_members
+from job.batch_format import FILE_LIMITS, IMAGES_PER_BATCH, META, NUM_CLASSES, README, ROOT, TEST_BATCH, TRAIN_BATCHES, read_batch, read_class_names
 from job.config import CANONICAL_MD5, CANONICAL_URL, DataConfig
+from job.download import cached_download, is_url
 from job.errors import DataError
+from job.extracted import read_files
+from job.redact import redact_url
 
-log = logging.getLogger(__name__)
-
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-META = "batches.meta"
-IMAGES_PER_BATCH = 10_000
-NUM_CLASSES = 10
-PIXELS = 32 * 32 * 3
+__all__ = ["NUM_CLASSES", "CifarData", "load_dataset", "scale"]
 
 
 @dataclass(frozen=True)
@@ -71,32 +64,20 @@ def scale(images: np.ndarray) -> np.ndarray:
 
 def load_dataset(cfg: DataConfig) -> CifarData:
     """Resolve the source, verify it, and return the seeded train/validation split and the test set."""
-    source = cfg.source
-    if source.startswith(("http://", "https://")):
-        path = _download(source, cfg)
+    expected = _expected_checksum(cfg)
+    if is_url(cfg.source):
+        shown = redact_url(cfg.source)
+        files, sha256 = cached_download(
+            cfg.source, expected, cfg.cache_dir.expanduser(), cfg.max_archive_bytes, lambda path, where: _read_archive(path, where, expected, cfg.max_archive_bytes)
+        )
     else:
-        path = Path(source).expanduser()
-    if path.is_dir():
-        if cfg.checksum not in (None, "none"):
-            raise DataError(f"data {path}: a checksum applies to an archive, not a directory")
-        files, sha256 = _read_directory(path), None
-    elif path.is_file():
-        sha256 = _verify_checksum(path, _expected_checksum(cfg))
-        files = _read_archive(path, cfg.max_archive_bytes)
-    else:
-        raise DataError(f"data {path}: no such file or directory")
-
-    class_names = _class_names(files, path)
-    train_x, train_y = _concat([_batch(files, name, path) for name in TRAIN_BATCHES])
-    test_x, test_y = _batch(files, TEST_BATCH, path)
-    if cfg.train_limit:
-        train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
-    if cfg.test_limit:
-        test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
-
-    order = np.random.default_rng(cfg.split_seed).permutation(len(train_y))
-    n_val = int(round(len(order) * cfg.validation_fraction))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+        path = Path(cfg.source).expanduser()
+        shown = str(path)
+        files, sha256 = _read_local(path, expected, cfg)
+    class_names = read_class_names(_take(files, META, shown), f"data {shown} [{META}]")
+    train_x, train_y = _images(files, TRAIN_BATCHES, shown, cfg.train_limit)
+    test_x, test_y = _images(files, (TEST_BATCH,), shown, cfg.test_limit)
+    train_idx, val_idx = _split(len(train_y), cfg)
     return CifarData(
         train_images=train_x[train_idx],
         train_labels=train_y[train_idx],
@@ -105,7 +86,7 @@ def load_dataset(cfg: DataConfig) -> CifarData:
         test_images=test_x,
         test_labels=test_y,
         class_names=class_names,
-        source=str(source),
+        source=shown,
         sha256=sha256,
     )
 
@@ -121,146 +102,81 @@ def _expected_checksum(cfg: DataConfig) -> str | None:
     return cfg.checksum
 
 
-def _digests(path: Path) -> dict[str, str]:
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+def _read_local(path: Path, expected: str | None, cfg: DataConfig) -> tuple[dict[str, bytes], str | None]:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise DataError(f"data {path}: no such file or directory") from None
+    if not stat.S_ISDIR(mode):
+        return _read_archive(path, str(path), expected, cfg.max_archive_bytes)
+    if cfg.checksum not in (None, "none"):
+        raise DataError(f"data {path}: a checksum applies to an archive, not a directory")
+    limits = {name: limit for name, limit in FILE_LIMITS.items() if name != README}
+    return read_files(path, ROOT, limits, cfg.max_archive_bytes), None
 
 
-def _verify_checksum(path: Path, expected: str | None) -> str:
+def _read_archive(path: Path, where: str, expected: str | None, max_bytes: int) -> tuple[dict[str, bytes], str]:
+    """Batch name -> bytes of a verified archive, and its sha256; one open file for both passes."""
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"data {where}: not a regular file or directory")
+            if info.st_size > max_bytes:
+                raise DataError(f"data {where}: {info.st_size} bytes, larger than data.max_archive_bytes={max_bytes}")
+            sha256 = _verify_checksum(f, where, expected)
+            f.seek(0)
+            members = read_members(f, {f"{ROOT}/{name}": limit for name, limit in FILE_LIMITS.items()}, {ROOT}, max_bytes)
+    except ArchiveError as e:
+        raise DataError(f"data {where}: not a valid CIFAR-10 .tar.gz archive: {e}") from None
+    except OSError as e:
+        raise DataError(f"data {where}: cannot read ({e.strerror})") from None
+    return {member.rsplit("/", 1)[1]: content for member, content in members.items()}, sha256
+
+
+def _verify_checksum(f, where: str, expected: str | None) -> str:  # type: ignore[no-untyped-def]
     """Check `expected` (algo:hex) if given; return the archive's sha256 either way."""
-    digests = _digests(path)
+    digests = {"md5": hashlib.md5(usedforsecurity=False), "sha256": hashlib.sha256()}
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        for digest in digests.values():
+            digest.update(chunk)
     if expected:
         algo, _, want = expected.partition(":")
-        if digests[algo] != want:
-            raise DataError(f"data {path}: {algo} checksum mismatch: expected {want}, got {digests[algo]}")
-    return digests["sha256"]
+        got = digests[algo].hexdigest()
+        if got != want:
+            raise DataError(f"data {where}: {algo} checksum mismatch: expected {want}, got {got}")
+    return digests["sha256"].hexdigest()
 
 
-def _download(url: str, cfg: DataConfig) -> Path:
-    """Fetch `url` into the cache once; a partial or mismatching download never lands there."""
-    cache = cfg.cache_dir.expanduser()
-    target = cache / (posixpath.basename(url.split("?")[0]) or "cifar-10-python.tar.gz")
-    if target.is_file():
-        log.info("using cached %s", target)
-        return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"data cache {cache}: cannot create ({e.strerror})") from None
-    log.info("downloading %s to %s", url, target)
-    with atomic_path(target) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-                total = 0
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    total += len(chunk)
-                    if total > cfg.max_archive_bytes:
-                        raise DataError(f"data {url}: larger than data.max_archive_bytes={cfg.max_archive_bytes}")
-                    out.write(chunk)
-        except (urllib.error.URLError, OSError) as e:
-            raise DataError(f"data {url}: download failed: {getattr(e, 'reason', e)}") from None
-        _verify_checksum(tmp, _expected_checksum(cfg))
-    return target
+# --- batches and split ---------------------------------------------------------------------
 
 
-def _read_archive(path: Path, max_bytes: int) -> dict[str, bytes]:
-    """Read the batch members into memory, after checking that every member is safe."""
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = tar.getmembers()
-            total = 0
-            for m in members:
-                where = f"data {path}: member {m.name!r}"
-                if m.name.startswith("/") or ".." in m.name.split("/"):
-                    raise DataError(f"{where}: unsafe path (absolute or '..')")
-                if m.issym() or m.islnk():
-                    raise DataError(f"{where}: links are not allowed")
-                if not (m.isfile() or m.isdir()):
-                    raise DataError(f"{where}: not a regular file")
-                total += m.size
-                if total > max_bytes:
-                    raise DataError(f"data {path}: contents exceed data.max_archive_bytes={max_bytes}")
-            wanted = {posixpath.basename(m.name): m for m in members if m.isfile()}
-            return {name: tar.extractfile(m).read() for name, m in wanted.items() if name in (*TRAIN_BATCHES, TEST_BATCH, META)}
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"data {path}: not a readable .tar.gz archive ({e})") from None
-
-
-def _read_directory(path: Path) -> dict[str, bytes]:
-    root = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
-    found = {}
-    for name in (*TRAIN_BATCHES, TEST_BATCH, META):
-        f = root / name
-        if f.is_symlink():
-            raise DataError(f"data {f}: links are not allowed")
-        if f.is_file():
-            found[name] = f.read_bytes()
-    return found
-
-
-# --- batches -------------------------------------------------------------------------------
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admit only the globals a CIFAR batch needs (numpy array reconstruction); refuse all else."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _unpickle(name: str, files: dict[str, bytes], origin: Path) -> dict[bytes, Any]:
-    where = f"data {origin} [{name}]"
+def _take(files: dict[str, bytes], name: str, shown: str) -> bytes:
+    """The file's bytes, dropped from `files` so that each batch is freed once parsed."""
     if name not in files:
-        raise DataError(f"{where}: missing")
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(files[name]), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
-        raise DataError(f"{where}: refused to unpickle: {e}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        raise DataError(f"{where}: truncated or corrupt pickle ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a dict, got {type(obj).__name__}")
-    return obj
+        raise DataError(f"data {shown} [{name}]: missing")
+    return files.pop(name)
 
 
-def _batch(files: dict[str, bytes], name: str, origin: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Verify one batch and return its images as NHWC uint8 and labels as int64."""
-    where = f"data {origin} [{name}]"
-    d = _unpickle(name, files, origin)
-    data, labels = d.get(b"data"), d.get(b"labels")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (IMAGES_PER_BATCH, PIXELS):
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{where}: b'data' must be uint8 ({IMAGES_PER_BATCH}, {PIXELS}), got {got}")
-    if not isinstance(labels, list) or len(labels) != IMAGES_PER_BATCH or not all(type(v) is int for v in labels):
-        raise DataError(f"{where}: b'labels' must be a list of {IMAGES_PER_BATCH} ints")
-    y = np.asarray(labels, dtype=np.int64)
-    bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
-    if bad.size:
-        raise DataError(f"{where}: label {y[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), y
+def _images(files: dict[str, bytes], names: tuple[str, ...], shown: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images NHWC uint8 and labels int64 of the named batches, the first `limit` of them."""
+    available = IMAGES_PER_BATCH * len(names)
+    if limit is not None and limit > available:
+        raise DataError(f"data {shown}: a limit of {limit} images exceeds the {available} in {', '.join(names)}")
+    images = np.empty((available, 32, 32, 3), np.uint8)
+    labels = np.empty(available, np.int64)
+    for i, name in enumerate(names):
+        rows, y = read_batch(_take(files, name, shown), f"data {shown} [{name}]")
+        part = slice(i * IMAGES_PER_BATCH, (i + 1) * IMAGES_PER_BATCH)
+        images[part] = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels[part] = y
+    return images[:limit], labels[:limit]
 
 
-def _class_names(files: dict[str, bytes], origin: Path) -> tuple[str, ...]:
-    names = _unpickle(META, files, origin).get(b"label_names")
-    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, bytes) for n in names):
-        raise DataError(f"data {origin} [{META}]: b'label_names' must list {NUM_CLASSES} names")
-    return tuple(n.decode() for n in names)
-
-
-def _concat(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-
+def _split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, validation) indices; both must be non-empty."""
+    order = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_val = int(round(n * cfg.validation_fraction))
+    if not 0 < n_val < n:
+        raise DataError(f"data split: validation_fraction {cfg.validation_fraction} of {n} images leaves an empty {'validation' if n_val == 0 else 'training'} set")
+    return order[n_val:], order[:n_val]
