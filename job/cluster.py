@@ -38,8 +38,9 @@ CONTAINER = "cifar-job"  # the container name the chart's podFailurePolicy refer
 _TIMEOUT = (10, 60)  # connect, read seconds for every non-streaming API call
 POLL_SECONDS = 2.0  # between looks at the Job while no pod log is streaming
 # Helm's install order for the kinds the chart renders.
-_ORDER = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule")
+_ORDER = ("NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule")
 _CORE = {  # kind -> (client API class, snake-case name in its create_namespaced_* method)
+    "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
     "ServiceAccount": ("CoreV1Api", "service_account"),
     "PersistentVolumeClaim": ("CoreV1Api", "persistent_volume_claim"),
     "ConfigMap": ("CoreV1Api", "config_map"),
@@ -220,7 +221,7 @@ def _server_message(e: Any) -> str:
 def submit(target: Target, manifest: Sequence[Mapping[str, Any]]) -> str:
     """Create the Job (JobExists if its name is taken) and its companions; return the Job's name.
 
-    Shared companions (ServiceAccount, claim, monitoring) are created when missing and kept when
+    Shared companions (NetworkPolicy, ServiceAccount, claim, monitoring) are created when missing and kept when
     present. The run's ConfigMap comes last, owned by the Job, so deleting the Job removes it.
     """
     job = next(obj for obj in manifest if obj["kind"] == "Job")

@@ -17,6 +17,7 @@ import yaml
 
 from job import cluster
 from job.config import SECTION_NAMES, load_config
+from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
 
 from .k8s_tools import CHART, ENVIRONMENTS, KUBE_VERSIONS, helm3, load_docs
 
@@ -78,6 +79,13 @@ BAD_VALUES = [
     ({"config": {"out": "/elsewhere"}}, "out"),
     ({"config": {"data": {"cache_dir": "/elsewhere"}}}, "/config/data/cache_dir"),
     ({"config": {"metrics": {"port": 8000}}}, "/config/metrics/port"),
+    ({"metrics": {"pushgateway": {"username": "user:password"}}}, "/metrics/pushgateway/username"),
+    ({"metrics": {"pushgateway": {"passwordSecret": {"name": "Pushgateway_Auth"}}}}, "/metrics/pushgateway/passwordSecret/name"),
+    ({"networkPolicy": {"ingress": {"from": [{}]}}}, "/networkPolicy/ingress/from/0"),  # {} would admit everyone
+    ({"networkPolicy": {"ingress": {"from": [{"podSelecter": {}}]}}}, "podSelecter"),
+    ({"networkPolicy": {"egress": {"dataSource": {"to": [{"ipBlock": {"cidr": "everywhere"}}]}}}}, "/networkPolicy/egress/dataSource/to/0"),
+    ({"networkPolicy": {"egress": {"dns": {"to": []}}}}, "/networkPolicy/egress/dns/to"),
+    ({"networkPolicy": {"egress": {"pushgateway": {"port": 0}}}}, "/networkPolicy/egress/pushgateway/port"),
 ]
 
 
@@ -131,6 +139,43 @@ def test_a_gpu_pod_trains_and_validates_on_the_gpu_or_fails() -> None:
     assert not {"train", "validate"} & _pod_config({"gpu": {"count": 0}}).keys()
     kept = _pod_config({"config": {"validate": {"device": "auto", "batch_size": 64}}})["validate"]
     assert kept == {"device": "auto", "batch_size": 64}
+
+
+def test_pushgateway_password_is_a_file_from_the_secret() -> None:
+    """The Secret is mounted read-only and named by PUSHGATEWAY_PASSWORD_FILE; no variable holds the password."""
+    auth = {"username": "pusher", "passwordSecret": {"name": "pushgateway-auth", "key": "pw"}}
+    pod = job_of(rendered({"metrics": {"pushgateway": auth}}))["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[USERNAME_ENV]["value"] == "pusher" and not [e for e in env.values() if "valueFrom" in e]
+    volume = next(v for v in pod["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == "pushgateway-auth" and volume["secret"]["defaultMode"] == 0o440
+    (item,) = volume["secret"]["items"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert item["key"] == "pw" and mount["readOnly"] is True
+    assert env[PASSWORD_FILE_ENV]["value"] == f"{mount['mountPath']}/{item['path']}"
+    plain = job_of(rendered({}))["spec"]["template"]["spec"]
+    assert not {USERNAME_ENV, PASSWORD_FILE_ENV} & {e["name"] for e in plain["containers"][0]["env"]}
+    assert not [v for v in plain["volumes"] if "secret" in v]
+    for half in ({"username": "pusher"}, {"passwordSecret": {"name": "pushgateway-auth"}}):
+        with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match="is required with"):
+            chart.render(values={"metrics": {"pushgateway": half}}, name="cifar-job")
+
+
+def _network_policy(values: dict[str, Any]) -> dict[str, Any] | None:
+    return next((d["spec"] for d in rendered(values) if d["kind"] == "NetworkPolicy"), None)
+
+
+def test_network_policy_follows_the_config_and_can_be_relaxed_or_dropped() -> None:
+    on_claim = _network_policy({"config": {"data": {"source": "/data/cifar-10-python.tar.gz"}}})
+    assert [rule["ports"][0]["port"] for rule in on_claim["egress"]] == [53]  # the archive is on the claim: no download
+    pushing = _network_policy({"config": {"metrics": {"pushgateway_url": "http://pg:9091"}}, "networkPolicy": {"egress": {"pushgateway": {
+        "to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "port": 8443}}}})
+    assert {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"port": 8443, "protocol": "TCP"}]} in pushing["egress"]
+    assert _network_policy({"networkPolicy": {"ingress": {"from": []}}})["ingress"] == []  # no one may connect
+    open_egress = _network_policy({"networkPolicy": {"egress": {"enabled": False}}})
+    assert open_egress["policyTypes"] == ["Ingress"] and "egress" not in open_egress
+    assert _network_policy({"networkPolicy": {"enabled": False}}) is None
 
 
 def test_helm_upgrade_replaces_the_job_only_when_values_change() -> None:

@@ -9,6 +9,7 @@ objects, and `kubectl apply -f k8s/` must accept the directory as it is.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_k8s_dir_is_the_charts_current_rendering(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_objects_pass_the_official_schemas_strictly(rendering: str) -> None:
     docs = RENDERINGS[rendering]()
-    assert {"ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job"} <= {d["kind"] for d in docs}
+    assert {"NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job"} <= {d["kind"] for d in docs}
     for doc in docs:
         if doc["kind"] not in MONITORING:
             kube_validate(doc)
@@ -86,7 +87,8 @@ def test_kubectl_apply_accepts_the_directory_as_it_is(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         created = sorted((key[0].plural, key[1], key[2]) for key in api.objects)
-    expected = sorted((f"{d['kind'].lower()}s", "ml", d["metadata"]["name"]) for d in k8s_docs())
+    plural = lambda kind: re.sub("y$", "ie", kind.lower()) + "s"  # noqa: E731
+    expected = sorted((plural(d["kind"]), "ml", d["metadata"]["name"]) for d in k8s_docs())
     assert created == expected
 
 
@@ -124,6 +126,26 @@ def test_pod_is_hardened(rendering: str) -> None:
     writable = [path for path in mounts if path != "/etc/cifar-job"]
     for key in ("HOME", "CIFAR_JOB_OUT", "CIFAR_JOB_DATA_CACHE_DIR", "CIFAR_JOB_PUBLISH_ROOT"):
         assert any(env[key].startswith(path) for path in writable), f"{key}={env[key]} is on the read-only root"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_network_policy_admits_only_the_scrape_and_lets_out_only_what_the_run_needs(rendering: str) -> None:
+    docs = RENDERINGS[rendering]()
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    pod = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    metrics_port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    (scrape,) = policy["ingress"]
+    assert scrape["ports"] == [{"port": metrics_port, "protocol": "TCP"}] and all(scrape["from"])
+    ports = [[(p["port"], p["protocol"]) for p in rule["ports"]] for rule in policy["egress"]]
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"]) or {}
+    pushes = bool(config.get("metrics", {}).get("pushgateway_url"))
+    assert ports == [[(53, "UDP"), (53, "TCP")], *([[(9091, "TCP")]] if pushes else []), [(443, "TCP")]]
+    download = policy["egress"][-1]["to"]
+    assert {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]} in [
+        peer["ipBlock"] for peer in download
+    ]  # public addresses only: not the cluster, the nodes or the cloud metadata endpoint (169.254.169.254)
 
 
 def test_job_runs_on_the_gpu_pool_and_resumes_in_one_run_directory() -> None:

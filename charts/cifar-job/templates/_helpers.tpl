@@ -67,3 +67,24 @@ app.kubernetes.io/managed-by: {{ .Values.managedBy | default .Release.Service }}
 {{- required "storage.existingClaim is required when storage.create is false" .Values.storage.existingClaim }}
 {{- end }}
 {{- end }}
+
+{{/*
+NetworkPolicyPeers as a block sequence indented the way yamllint and kubectl print them
+(toYaml would leave an ipBlock's `except` list unindented).
+*/}}
+{{- define "cifar-job.peers" -}}
+{{- range . }}
+{{- if .ipBlock }}
+- ipBlock:
+    cidr: {{ .ipBlock.cidr | quote }}
+    {{- with .ipBlock.except }}
+    except:
+      {{- range . }}
+      - {{ . | quote }}
+      {{- end }}
+    {{- end }}
+{{- else }}
+- {{ toYaml . | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+{{- end }}
