@@ -5,35 +5,107 @@ Every expected failure (job/errors.py) becomes one line on stderr and its exit c
 
 from __future__ import annotations
 
-import functools
+import atexit
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import click
-import yaml
+from job.errors import EXPECTED_FAILURES, Preempted
 
-from job.config import Config, load_config
-from job.errors import EXPECTED_FAILURES, ConfigError, Preempted
-from job.metrics import RunMetrics
-from job.paths import RunPaths
+PREEMPTED = "SIGTERM received; finished stages and epochs are saved, rerun to resume"
+
+
+class _Process:
+    """SIGTERM and exit, for the whole life of the process: a pod stopped at any moment ends with 75 and one line.
+
+    Kubernetes sends SIGTERM before it kills a pod. Inside a command the first one raises
+    `Preempted`: every artifact is written atomically, so whatever is interrupted leaves the last
+    good state (training replaces this handler with one that stops at a step boundary). Outside a
+    command (imports, argument parsing, interpreter shutdown) nothing would catch an exception, and
+    once Python has torn its signal handling down the default action would end the process with
+    143; so there the process ends at once, and a process that runs one command ends through
+    `end` before that teardown.
+    """
+
+    command_running = False
+    raised = False
+    exit_status = 1  # unless the command exits normally: an uncaught exception ends Python with 1
+
+    @classmethod
+    def on_sigterm(cls, signum: int, frame: Any) -> None:
+        if cls.command_running and not cls.raised:
+            cls.raised = True
+            raise Preempted(PREEMPTED)
+        cls.exit_now(Preempted.exit_code, f"cifar-job: error: {PREEMPTED}")
+
+    @classmethod
+    def end(cls) -> NoReturn:
+        """The last exit handler: flush the log and the output, then exit without the interpreter's teardown."""
+        logging.shutdown()
+        cls.exit_now(cls.exit_status)
+
+    @staticmethod
+    def exit_now(status: int, line: str = "") -> NoReturn:
+        try:
+            if line:
+                print(line, file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+# Before the imports below (a fraction of a second, and TensorFlow's later): from here on a SIGTERM ends in 75.
+signal.signal(signal.SIGTERM, _Process.on_sigterm)
+
+import functools  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from job.config import Config, load_config, parse_sets  # noqa: E402
+from job.metrics import RunMetrics  # noqa: E402
+from job.paths import RunPaths  # noqa: E402
 
 log = logging.getLogger("cifar_job")
+
+
+def _one_line(message: str) -> str:
+    """Whatever a message quotes (a path, a value), it prints as one line: control characters escaped, length capped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message[:2000])
+    return text if len(message) <= 2000 else text + "..."
 
 
 class _JobGroup(click.Group):
     """Turns an expected failure raised anywhere below into a one-line message and its exit code."""
 
+    def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Click's main; when it reads the process's own arguments (cifar-job, python -m job), the process ends with it."""
+        if args is None:
+            atexit.register(_Process.end)  # before the command registers its own exit handlers, so it runs after them
+        try:
+            try:
+                return super().main(args, **kwargs)
+            except Preempted as e:  # raised after the command's error handling ended: still this one line and code
+                click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
+                sys.exit(e.exit_code)
+        except SystemExit as e:
+            _Process.exit_status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
+        _Process.command_running, _Process.raised = True, False
         try:
             return super().invoke(ctx)
         except EXPECTED_FAILURES as e:
-            click.echo(f"cifar-job: error: {e}", err=True)
+            _Process.command_running = False
+            click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
+        finally:
+            _Process.command_running = False
 
 
 @click.group(cls=_JobGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,16 +122,6 @@ def main(log_level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
-    signal.signal(signal.SIGTERM, _raise_preempted)
-
-
-def _raise_preempted(signum: int, frame: Any) -> None:
-    """Kubernetes sends SIGTERM before it kills a pod: stop now with the preempted code.
-
-    Every artifact is written atomically, so whatever is interrupted leaves the last good
-    state; training replaces this handler with one that stops at a step boundary.
-    """
-    raise Preempted("SIGTERM received; finished stages and epochs are saved, rerun to resume")
 
 
 # Flags for the most common keys; any other key goes through --set section.key=value.
@@ -81,27 +143,19 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--out", type=click.Path(path_type=Path), help="Run directory.  [default: runs/cifar10]")
     @click.option("--data", help="CIFAR-10 archive, extracted directory or http(s) URL.")
     @click.option("--checksum", help="Expected archive checksum, md5:<hex> or sha256:<hex>, or 'none'.")
-    @click.option("--epochs", type=int, help="Maximum epochs.  [default: 75]")
-    @click.option("--batch-size", type=int, help="Global batch size.  [default: 32]")
-    @click.option("--seed", type=int, help="Training seed.  [default: 42]")
+    # Numbers are checked with the config, so a bad one gets the same one-line error as in a file.
+    @click.option("--epochs", metavar="INTEGER", help="Maximum epochs.  [default: 75]")
+    @click.option("--batch-size", metavar="INTEGER", help="Global batch size.  [default: 32]")
+    @click.option("--seed", metavar="INTEGER", help="Training seed.  [default: 42]")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set train.patience=3 (repeatable).")
     @functools.wraps(command)
     def wrapper(config_file: Path | None, sets: tuple[str, ...], **kwargs: Any) -> Any:
-        overrides = {_FLAG_KEYS[name]: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS}
-        overrides.update(_parse_sets(sets))
+        flags = {_FLAG_KEYS[name]: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS}
+        overrides = {key: value for key, value in flags.items() if value is not None}  # None: the flag was not given
+        overrides.update(parse_sets(sets))
         return command(config=load_config(config_file, overrides=overrides), **kwargs)
 
     return wrapper
-
-
-def _parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
-    parsed = {}
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.patience=3")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw else None
-    return parsed
 
 
 def _prepare(config: Config) -> RunPaths:

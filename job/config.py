@@ -4,19 +4,33 @@ Layers, later wins: defaults < YAML file (`--config`) < environment (`CIFAR_JOB_
 e.g. `CIFAR_JOB_TRAIN_EPOCHS=10`) < command-line flags. Every value is validated before any
 work starts; an unknown key, a wrong type or an out-of-range value is a `ConfigError` that
 names the key, where it came from and what was expected.
+
+The input may be hostile (a ConfigMap, an environment, a command line written by someone
+else), so reading it is bounded: the file's size, YAML's node count and nesting, every string's
+length and characters; YAML anchors and aliases (the "billion laughs" bomb) and tags other than
+plain maps, lists, strings, numbers, booleans and null are refused; and a message quotes at most
+a short excerpt of any input.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from yaml._yaml import CParser  # libyaml's scanner: fast on a megabyte of anything
+from yaml.composer import Composer, ComposerError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import AliasEvent, ScalarEvent
+from yaml.resolver import Resolver
 
 from job.atomic import atomic_write
 from job.errors import ConfigError
@@ -24,10 +38,69 @@ from job.errors import ConfigError
 CANONICAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CANONICAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 ENV_PREFIX = "CIFAR_JOB_"
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-10's two splits
+
+MAX_FILE_BYTES = 1 << 20  # a real config is a few hundred bytes; a Kubernetes ConfigMap holds at most 1 MiB
+MAX_YAML_NODES = 10_000
+MAX_YAML_DEPTH = 10  # a config is 3 deep: sections, keys, values
+MAX_TEXT = 4096  # longest string value (PATH_MAX); also keeps YAML integers within what Python parses
+EXCERPT = 80  # most characters of an input a message quotes
+SEED_BOUND = 2**32  # numpy and TensorFlow take seeds below 2**32
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"  # Pushgateway grouping-key values: safe in a URL path and a label
+
+
+def excerpt(value: Any) -> str:
+    """`repr(value)`, cut to EXCERPT characters: messages never echo a large or hostile input whole."""
+    if isinstance(value, str):
+        value = value[: EXCERPT + 1]
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        text = f"<integer of {value.bit_length()} bits>"
+    return text if len(text) <= EXCERPT else text[: EXCERPT - 3] + "..."
+
+
+def label(name: Any) -> str:
+    """A key, variable or file name as given when short and printable, else its excerpt."""
+    text = str(name)
+    return text if len(text) <= 2 * EXCERPT and text.isprintable() else excerpt(text)
+
+
+def _host(address: str) -> str:
+    """An IP address or a DNS name: what the /metrics server can bind to."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        labels = address.removesuffix(".").split(".")
+        if len(address) > 253 or not all(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", part) for part in labels):
+            raise PydanticCustomError("host", "expected an IP address or a host name") from None
+    return address
+
+
+Seed = Annotated[int, Field(ge=0, lt=SEED_BOUND)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bounded_printable_text(cls, value: Any) -> Any:
+        """Paths, names and URLs with NUL, newlines or other control characters are never what a user meant."""
+        if isinstance(value, str) and (len(value) > MAX_TEXT or not value.isprintable()):
+            raise PydanticCustomError("text", "expected printable text of at most {max} characters", {"max": MAX_TEXT})
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _no_negative_zero(cls, value: Any) -> Any:
+        """-0.0 means 0.0, and must hash the same in the training digest."""
+        return 0.0 if isinstance(value, float) and value == 0 else value
+
+
+def _conflict(key: str, problem: str) -> PydanticCustomError:
+    """A value that is valid alone but not with the others; `key` (below the model's place) is the one to change."""
+    return PydanticCustomError("conflict", "{problem}", {"key": key, "problem": problem})
 
 
 class DataConfig(_Section):
@@ -40,10 +113,29 @@ class DataConfig(_Section):
     )
     cache_dir: Path = Field(Path("~/.cache/cifar-job"), description="Where downloaded archives are kept.")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the 50,000 training images held out for validation.")
-    split_seed: int = Field(1337, ge=0, description="Seed of the random train/validation split.")
-    train_limit: int | None = Field(None, ge=10, description="Use only the first N training images (before the split); for smoke runs.")
-    test_limit: int | None = Field(None, ge=1, description="Use only the first N test images; for smoke runs.")
-    max_archive_bytes: int = Field(1 << 30, ge=1, description="Refuse archives (downloaded or extracted) larger than this.")
+    split_seed: Seed = Field(1337, description="Seed of the random train/validation split.")
+    train_limit: int | None = Field(
+        None, ge=10, le=TRAIN_IMAGES, description="Use only the first N training images (before the split); for smoke runs."
+    )
+    test_limit: int | None = Field(None, ge=1, le=TEST_IMAGES, description="Use only the first N test images; for smoke runs.")
+    max_archive_bytes: int = Field(1 << 30, ge=1, le=1 << 40, description="Refuse archives (downloaded or extracted) larger than this.")
+
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Images for (training, validation, test), counted as job/data.py's load_dataset splits them."""
+        images = self.train_limit or TRAIN_IMAGES
+        validation = int(round(images * self.validation_fraction))
+        return images - validation, validation, self.test_limit or TEST_IMAGES
+
+    @model_validator(mode="after")
+    def _both_splits_have_images(self) -> DataConfig:
+        training, validation, _ = self.split_sizes()
+        if not (training and validation):
+            raise _conflict(
+                "validation_fraction",
+                f"splits {training + validation} training images into {training} for training and {validation} for validation; "
+                "both need at least one",
+            )
+        return self
 
 
 class ModelConfig(_Section):
@@ -56,13 +148,13 @@ class TrainConfig(_Section):
     learning_rate: float = Field(0.01, gt=0, le=10, description="Initial SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     lr_decay: float = Field(0.01 / 75, ge=0, description="Time-based decay: lr_t = lr / (1 + lr_decay * step).")
-    patience: int = Field(5, ge=0, description="Early stopping: epochs without validation-loss improvement.")
+    patience: int = Field(5, ge=0, le=10_000, description="Early stopping: epochs without validation-loss improvement.")
     min_delta: float = Field(0.0, ge=0, description="Early stopping: smallest decrease that counts as improvement.")
     augment: bool = Field(True, description="Apply the reference augmentation to training batches.")
     rotation_degrees: float = Field(15.0, ge=0, le=180, description="Random rotation range, degrees.")
     shift_fraction: float = Field(0.1, ge=0, lt=1, description="Random horizontal and vertical shift, fraction of the size.")
     horizontal_flip: bool = Field(True, description="Random horizontal flip.")
-    seed: int = Field(42, ge=0, description="Seed for weights, shuffling, augmentation and dropout.")
+    seed: Seed = Field(42, description="Seed for weights, shuffling, augmentation and dropout.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower; bit-exact reruns).")
     mixed_precision: bool = Field(False, description="float16 compute on GPU (ignored on CPU).")
     device: Literal["auto", "gpu", "cpu"] = Field("auto", description="auto: every visible GPU, else the CPU; gpu: fail (exit 7) without one; cpu: ignore GPUs.")
@@ -71,14 +163,22 @@ class TrainConfig(_Section):
 class ExportConfig(_Section):
     opset: int = Field(17, ge=13, le=18, description="ONNX opset; 17 needs onnxruntime >= 1.13 in the server (Triton, KServe); 13 for older runtimes.")
     parity_images: int = Field(
-        1000, ge=1, description="Real images compared between Keras and onnxruntime (test images, topped up from validation/training)."
+        1000,
+        ge=1,
+        description="Real images compared between Keras and onnxruntime (test images, topped up from validation/training); "
+        "at most the images the data limits leave, to which the default is lowered.",
     )
-    parity_atol: float = Field(1e-4, gt=0, description="Largest allowed absolute difference of probabilities.")
+    parity_atol: float = Field(1e-4, gt=0, le=1, description="Largest allowed absolute difference of probabilities.")
 
 
 class ValidateConfig(_Section):
     device: Literal["auto", "gpu", "cpu"] = Field("auto", description="onnxruntime execution provider: auto prefers CUDA.")
-    batch_size: int = Field(256, ge=1, description="Inference batch size.")
+    batch_size: int = Field(256, ge=1, le=65_536, description="Inference batch size.")
+    allow_other_test_set: bool = Field(
+        False,
+        description="Measure and publish on a test set other than the one of the data set the model was trained on "
+        "(recorded as such in metrics.json and the published sidecar); off: such a test set is refused (exit 3).",
+    )
 
 
 class GateConfig(_Section):
@@ -96,12 +196,16 @@ class PublishConfig(_Section):
 
 class MetricsConfig(_Section):
     port: int = Field(0, ge=0, le=65535, description="Port of the /metrics endpoint; 0 turns it off.")
-    address: str = Field("127.0.0.1", description="Address the /metrics endpoint binds to (0.0.0.0 in a pod).")
+    address: Annotated[str, AfterValidator(_host)] = Field(
+        "127.0.0.1", description="Address the /metrics endpoint binds to (0.0.0.0 in a pod): an IP address or a host name."
+    )
     pushgateway_url: str | None = Field(
         None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="Pushgateway base URL (http://host:9091) for the run's outcome; unset: no push."
     )
-    job_name: str = Field("cifar-job", min_length=1, description="Pushgateway grouping key 'job'.")
-    run_id: str | None = Field(None, description="Pushgateway grouping key 'run_id'; default: the run directory's name.")
+    job_name: str = Field("cifar-job", pattern=NAME, description="Pushgateway grouping key 'job' (letters, digits, '_.-').")
+    run_id: str | None = Field(
+        None, pattern=NAME, description="Pushgateway grouping key 'run_id' (letters, digits, '_.-'); default: the run directory's name."
+    )
     linger_seconds: float = Field(
         0.0, ge=0, le=3600, description="After the run ends, keep /metrics up until it is scraped once more, at most this long."
     )
@@ -118,7 +222,19 @@ class Config(_Section):
     publish: PublishConfig = PublishConfig()
     metrics: MetricsConfig = MetricsConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _parity_images_exist(self) -> Config:
+        """The parity check runs after training: a count the data cannot supply must fail now, not then."""
+        available = sum(self.data.split_sizes())
+        if self.export.parity_images <= available:
+            return self
+        if "parity_images" in self.export.model_fields_set:
+            raise _conflict(
+                "export.parity_images", f"{self.export.parity_images} images wanted for the parity check; the data config yields {available}"
+            )
+        return self.model_copy(update={"export": self.export.model_copy(update={"parity_images": available})})
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -143,54 +259,139 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Merge the layers and validate; `overrides` maps dotted keys (`train.epochs`) to flag values."""
+    """Merge the layers and validate; `overrides` maps dotted keys (`train.epochs`) to flag values (None: unset)."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if file is not None:
-        _merge(merged, sources, _read_yaml(file), str(file))
+        _merge(merged, sources, _read_yaml(file), label(file))
     _merge(merged, sources, _env_layer(os.environ if env is None else env), "environment")
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _merge(merged, sources, _nest(flags), "command line")
+    _merge(merged, sources, _nest(overrides or {}), "command line")
     try:
-        return Config.model_validate(merged)
+        return Config.model_validate(merged, by_name=False)
     except ValidationError as e:
         raise ConfigError(_describe(e, sources)) from None
 
 
-def _read_yaml(file: Path) -> dict[str, Any]:
+def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
+    """`--set KEY=VALUE` flags as overrides: VALUE is YAML (`3`, `true`, `null`) read as strictly as a config file."""
+    parsed = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. train.patience=3")
+        parsed[key] = _load_yaml(raw, f"config key {label(key)} (from command line)", lines=False) if raw else None
+    return parsed
+
+
+_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null")}
+
+
+class _ConfigLoader(Composer, SafeConstructor, Resolver, CParser):
+    """YAML as a config needs it: maps, lists, strings, numbers, booleans and null, in bounded amounts.
+
+    libyaml scans; the composer (Python, ahead of CParser's own in the MRO) counts nodes and depth,
+    refuses anchors, aliases and long values, and the constructor refuses duplicate keys, which
+    plain YAML lets the last one win silently. Dates, `=` and `<<` stay strings.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag in _TAGS] for first, resolvers in Resolver.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, text: str) -> None:
+        CParser.__init__(self, text)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self.nodes = self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent) or event.anchor is not None:
+            raise ComposerError(None, None, "anchors (&) and aliases (*) are not supported", event.start_mark)
+        if isinstance(event, ScalarEvent) and len(event.value) > MAX_TEXT:
+            raise ComposerError(None, None, f"a value longer than {MAX_TEXT} characters", event.start_mark)
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise ComposerError(None, None, f"more than {MAX_YAML_NODES} values", event.start_mark)
+        if self.depth == MAX_YAML_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        self.depth += 1
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if node.tag not in _TAGS:
+            raise ComposerError(None, None, f"tag {label(node.tag.replace('tag:yaml.org,2002:', '!!'))} is not supported", event.start_mark)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        mapping = super().construct_mapping(node, deep)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise ConstructorError(None, None, f"duplicate key {excerpt(key)}", key_node.start_mark)
+            seen.add(key)
+        return mapping
+
+
+def _load_yaml(text: str, where: str, lines: bool = True) -> Any:
     try:
-        loaded = yaml.safe_load(Path(file).read_text())
-    except OSError as e:
-        raise ConfigError(f"config file {file}: cannot read: {e.strerror}") from None
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - _ConfigLoader is stricter than SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {file}{where}: not valid YAML") from None
+        at = f" line {mark.line + 1}" if lines and mark else ""
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or "unreadable"
+        raise ConfigError(f"{where}{at}: not valid YAML: {label(problem)}") from None
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    where = f"config file {label(file)}"
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    loaded = _load_yaml(text, where)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {file}: expected a mapping of sections, got {type(loaded).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(loaded).__name__}")
     return loaded
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
-    """CIFAR_JOB_OUT and CIFAR_JOB_<SECTION>_<KEY>; anything else under the prefix is an error."""
+    """CIFAR_JOB_OUT and CIFAR_JOB_<SECTION>_<KEY> (any case); two variables for one key are an error, not a race."""
     layer: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        if rest == "out":
-            layer["out"] = value
-            continue
-        section, _, key = rest.partition("_")
-        if section not in SECTION_NAMES or not key:
-            raise ConfigError(
-                f"environment variable {name}: unknown; expected {ENV_PREFIX}OUT or {ENV_PREFIX}<SECTION>_<KEY> "
-                f"with SECTION one of {', '.join(s.upper() for s in SECTION_NAMES)}"
-            )
-        layer.setdefault(section, {})[key] = None if value == "" else value
-    return layer
+        key = _env_key(name)
+        if key in names:
+            raise ConfigError(f"environment variables {label(names[key])} and {label(name)} both set {label(key)}")
+        names[key] = name
+        layer[key] = None if value == "" else value
+    return _nest(layer)
+
+
+def _env_key(name: str) -> str:
+    rest = name[len(ENV_PREFIX) :].lower()
+    if rest == "out":
+        return rest
+    section, _, key = rest.partition("_")
+    if section not in SECTION_NAMES or not key:
+        raise ConfigError(
+            f"environment variable {label(name)}: unknown; expected {ENV_PREFIX}OUT or {ENV_PREFIX}<SECTION>_<KEY> "
+            f"with SECTION one of {', '.join(s.upper() for s in SECTION_NAMES)}"
+        )
+    return f"{section}.{key}"
 
 
 def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,15 +420,17 @@ def _merge(into: dict[str, Any], sources: dict[str, str], layer: Mapping[str, An
 
 
 def _describe(error: ValidationError, sources: Mapping[str, str]) -> str:
-    """The first problem as one line: key, where it came from, what is wrong, what is expected."""
+    """The first problem as one line: key, where it came from, what is wrong, what is expected, an excerpt of what was given."""
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    source = sources.get(key) or sources.get(key.split(".")[0], "defaults")
+    loc = (*first["loc"], first["ctx"]["key"]) if first["type"] == "conflict" else first["loc"]
+    key = ".".join(str(p) for p in loc)
+    where = f"config key {label(key)} (from {sources.get(key) or sources.get(key.split('.')[0], 'defaults')})"
     if first["type"] == "extra_forbidden":
-        return f"config key {key} (from {source}): unknown key; expected one of: {_known_keys(first['loc'])}"
-    got = first.get("input")
+        return f"{where}: unknown key; expected one of: {_known_keys(loc)}"
     message = first["msg"][:1].lower() + first["msg"][1:]  # lower the first letter only: patterns keep their case
-    return f"config key {key} (from {source}): {message}, got {got!r}"
+    if first["type"] == "conflict":
+        return f"{where}: {message}"
+    return f"{where}: {message}, got {excerpt(first.get('input'))}"
 
 
 def _known_keys(loc: tuple[Any, ...]) -> str:

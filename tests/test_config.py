@@ -55,7 +55,7 @@ def test_negative_epochs_is_rejected_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _invoke(["train", "--epochs", "-3", "--out", str(out)])
     assert result.exit_code == 2
-    assert result.stderr == "cifar-job: error: config key train.epochs (from command line): input should be greater than or equal to 1, got -3\n"
+    assert result.stderr == "cifar-job: error: config key train.epochs (from command line): input should be greater than or equal to 1, got '-3'\n"
     assert not out.exists()
 
 
