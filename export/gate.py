@@ -7,10 +7,13 @@ so a model is never published on the strength of a stale verdict.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from export import repository
 from job.config import GateConfig
 from job.errors import GateFailed
 
@@ -44,9 +47,13 @@ class GateResult:
 
 
 def check_gate(metrics: Mapping[str, Any], gate: GateConfig, baseline: Mapping[str, Any] | None = None) -> GateResult:
-    """Judge `metrics` (accuracy, weighted_f1); `baseline` is the published model's sidecar, if any."""
+    """Judge `metrics` (accuracy, weighted_f1); `baseline` is the published model's sidecar, if any.
+
+    A non-finite score fails: NaN compares false with every threshold and would otherwise pass.
+    """
     floors = {"accuracy": gate.min_accuracy, "weighted_f1": gate.min_weighted_f1}
-    failures = [
+    failures = [f"{name} is {metrics[name]!r}, not a finite number" for name in GATED_METRICS if not math.isfinite(metrics[name])]
+    failures += [
         f"{name} {metrics[name]:.4f} < {floor:.4f} (gate.min_{name})" for name, floor in floors.items() if metrics[name] < floor
     ]
     version = None
@@ -61,3 +68,9 @@ def check_gate(metrics: Mapping[str, Any], gate: GateConfig, baseline: Mapping[s
                 )
     thresholds = {"min_accuracy": gate.min_accuracy, "min_weighted_f1": gate.min_weighted_f1, "max_regression": gate.max_regression}
     return GateResult(passed=not failures, failures=tuple(failures), thresholds=thresholds, baseline_version=version)
+
+
+def judge(scores: Mapping[str, Any], gate: GateConfig, model_dir: Path) -> GateResult:
+    """`check_gate` against the newest version published in `model_dir`, read only when a regression cap is set."""
+    baseline = repository.latest(model_dir) if gate.max_regression is not None else None
+    return check_gate(scores, gate, baseline)

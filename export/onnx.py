@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from export.modelfile import BATCH_DIM, load_onnx, set_metadata, sha256, sha256_file
-from export.validate import open_session, predict
+from export.session import open_session, predict
 from job.atomic import atomic_write
 from job.config import Config
 from job.data import CifarData, load_dataset, scale
-from job.errors import ConfigError, ExportError, ModelFileError
+from job.errors import ConfigError, DataError, ExportError, ModelFileError
+from job.fingerprint import dataset_fingerprint
 from job.model import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, build_model
 from job.paths import RunPaths
 
@@ -59,13 +60,15 @@ class ExportResult:
 def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) -> ExportResult:
     """Convert the run's best weights, check the result, prove parity, then write model.onnx and export.json."""
     began = time.monotonic()
-    _require_trained(config, paths)
+    trained_on = _require_trained(config, paths)
     weights_sha256 = sha256_file(paths.best_weights)
     model = _load_keras(config, paths)
     data = data if data is not None else load_dataset(config.data)
+    if dataset_fingerprint(data) != trained_on:
+        raise DataError(f"data {data.source}: not the data set {paths.root} was trained on (fingerprints differ); export with the same data")
 
     proto = _convert(model, config.export.opset)
-    set_metadata(proto, _metadata(config, model, data, weights_sha256))
+    set_metadata(proto, _metadata(config, model, data, weights_sha256, trained_on))
     blob = proto.SerializeToString()
     try:
         load_onnx(blob, "converted model")
@@ -94,18 +97,23 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
     return result
 
 
-def _require_trained(config: Config, paths: RunPaths) -> None:
-    """The weights must come from a finished training of this very config, or the metadata would lie."""
+def _require_trained(config: Config, paths: RunPaths) -> str:
+    """The weights must come from a finished training of this very config, or the metadata would lie.
+
+    Returns the fingerprint of the data set they were trained on.
+    """
     from job.train import TrainResult
 
     if not paths.train_result.exists() or not paths.best_weights.exists():
         raise ModelFileError(f"run directory {paths.root}: no finished training (train.json, best.weights.h5); run `cifar-job train` first")
-    trained = TrainResult.load(paths).config_digest
+    done = TrainResult.load(paths)
+    trained = done.config_digest
     if trained != config.training_digest():
         raise ConfigError(
             f"run directory {paths.root}: trained with a different training config (digest {trained[:12]}, "
             f"now {config.training_digest()[:12]}); export with the config it was trained with"
         )
+    return done.dataset_fingerprint
 
 
 def _load_keras(config: Config, paths: RunPaths) -> Any:
@@ -137,7 +145,7 @@ def _convert(model: Any, opset: int) -> Any:
     return proto
 
 
-def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str) -> dict[str, str]:
+def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str, fingerprint: str) -> dict[str, str]:
     """What a serving team needs to feed the model and to trace where it came from (all strings)."""
     settings = config.to_dict()
     return {
@@ -161,6 +169,7 @@ def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str) 
             }
         ),
         "dataset_sha256": data.sha256 or "",
+        "dataset_fingerprint": fingerprint,
         "weights_sha256": weights_sha256,
         "versions": json.dumps(_versions()),
     }

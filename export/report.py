@@ -16,7 +16,6 @@ import numpy as np
 
 from export.modelfile import metadata_json
 from job.atomic import atomic_path, atomic_write
-from job.data import CifarData
 from job.paths import RunPaths
 
 if TYPE_CHECKING:
@@ -25,15 +24,15 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
-def write_reports(result: ValidationResult, meta: dict[str, str], data: CifarData, paths: RunPaths) -> dict[str, Any]:
-    document = metrics_document(result, meta, data)
+def write_reports(result: ValidationResult, meta: dict[str, str], paths: RunPaths) -> dict[str, Any]:
+    document = metrics_document(result, meta)
     plot_confusion(result, paths)
     atomic_write(paths.model_card, model_card(document, meta))
     atomic_write(paths.metrics_json, json.dumps(document, indent=2) + "\n")
     return document
 
 
-def metrics_document(result: ValidationResult, meta: dict[str, str], data: CifarData) -> dict[str, Any]:
+def metrics_document(result: ValidationResult, meta: dict[str, str]) -> dict[str, Any]:
     """The content of metrics.json; keys are a stable interface (bump SCHEMA_VERSION to change them)."""
     latencies_ms = np.asarray(result.batch_latencies_s) * 1000
     return {
@@ -47,7 +46,7 @@ def metrics_document(result: ValidationResult, meta: dict[str, str], data: Cifar
             "dataset_sha256": meta.get("dataset_sha256", ""),
             "weights_sha256": meta.get("weights_sha256", ""),
         },
-        "data": {"split": "test", "source": data.source, "sha256": data.sha256 or "", "images": result.images},
+        "data": {**result.test_set, "images": result.images},
         "class_names": list(result.class_names),
         "accuracy": result.accuracy,
         "macro_f1": result.macro_f1,
@@ -94,6 +93,9 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         f"- Source: `{dataset.get('source', '?')}` (sha256 `{meta.get('dataset_sha256') or 'n/a: directory'}`)",
         f"- Training {dataset.get('train_images', '?')}, validation {dataset.get('validation_images', '?')}, "
         f"test {dataset.get('test_images', '?')} images; test metrics below are on {doc['data']['images']} test images",
+        f"- Test set measured: `{doc['data']['source']}`, fingerprint `{doc['data']['fingerprint'][:16]}`: "
+        + ("the test split of the training data set" if doc["data"]["training_data"]
+           else "**not the data set the model was trained on** (validate.allow_other_test_set)"),
         "",
         "## Training recipe",
         "",

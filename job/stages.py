@@ -18,7 +18,8 @@ from typing import Any
 
 from export.modelfile import sha256_file
 from export.onnx import export_onnx
-from export.publish import MODEL_FILE, publish_model
+from export.publish import publish_model
+from export.repository import MODEL_FILE
 from export.validate import validate_model
 from job.config import Config
 from job.data import CifarData, load_dataset
@@ -30,11 +31,13 @@ log = logging.getLogger(__name__)
 STAGES = ("train", "export", "validate", "publish")
 
 
-def _marker(path: Path) -> dict[str, Any] | None:
+def _marker(path: Path) -> dict[str, Any]:
+    """A marker's JSON object; {} when missing, unreadable or of another shape (the stage is then redone)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        marker = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def _sha256(path: Path) -> str | None:
@@ -58,14 +61,15 @@ def _exported(config: Config, paths: RunPaths) -> bool:
 
 def _validated(config: Config, paths: RunPaths) -> bool:
     marker = _marker(paths.metrics_json)
-    return bool(marker) and marker.get("model", {}).get("sha256") == _sha256(paths.onnx)
+    model = marker.get("model")
+    return isinstance(model, dict) and model.get("sha256") == _sha256(paths.onnx)
 
 
 def _published(config: Config, paths: RunPaths) -> bool:
     marker = _marker(paths.publish_result)
-    if not marker or marker.get("validated_sha256") != _sha256(paths.onnx):
+    if marker.get("validated_sha256") != _sha256(paths.onnx) or not isinstance(marker.get("directory"), str):
         return False
-    where = Path(marker.get("directory", ""))
+    where = Path(marker["directory"])
     return where.parent == config.publish.root / config.publish.model_name and marker.get("sha256") == _sha256(where / MODEL_FILE)
 
 
@@ -90,7 +94,7 @@ def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics) -> list[tup
         "train": lambda: _train(config, paths, [metrics.keras_callback()], dataset()),
         "export": lambda: export_onnx(config, paths, dataset()),
         "validate": lambda: validate_model(config, paths, dataset()),
-        "publish": lambda: publish_model(config, paths),
+        "publish": lambda: publish_model(config, paths, dataset()),
     }
     results = []
     for stage in todo:

@@ -14,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import shutil
 import signal
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +32,11 @@ import numpy as np
 from job.atomic import atomic_path, atomic_write
 from job.config import Config
 from job.data import CifarData, load_dataset
-from job.errors import ConfigError, DeviceUnavailable, Preempted
+from job.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
+from job.fingerprint import dataset_fingerprint
 from job.history import write_history
 from job.paths import RunPaths
+from job.records import parse_record, read_record
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ class TrainState:
     """Everything besides the variables that a resumed run needs; saved with them."""
 
     config_digest: str
+    dataset_fingerprint: str = ""
     epochs_done: int = 0
     best_val_loss: float = float("inf")
     best_epoch: int = 0
@@ -59,6 +66,7 @@ class TrainResult:
     train_seconds: float
     devices: list[str]
     config_digest: str
+    dataset_fingerprint: str  # job/fingerprint.py: export refuses other data
 
     def summary(self) -> str:
         how = "early stopping" if self.stopped_early else "epoch limit"
@@ -70,7 +78,8 @@ class TrainResult:
 
     @classmethod
     def load(cls, paths: RunPaths) -> TrainResult:
-        return cls(**json.loads(paths.train_result.read_text()))
+        """train.json as written by this code, or a `ModelFileError` naming it."""
+        return read_record(cls, paths.train_result)
 
 
 def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), data: CifarData | None = None) -> TrainResult:
@@ -83,6 +92,10 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
             return done
     state = _load_state(paths, digest)
     data = data if data is not None else load_dataset(config.data)
+    fingerprint = dataset_fingerprint(data)
+    if state.epochs_done and state.dataset_fingerprint != fingerprint:
+        raise DataError(f"data {data.source}: not the data set the checkpoint in {paths.root} was trained on; resume with the same data or use a new --out")
+    state.dataset_fingerprint = fingerprint
 
     import tensorflow as tf
 
@@ -132,6 +145,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         train_seconds=round(state.train_seconds, 1),
         devices=devices,
         config_digest=digest,
+        dataset_fingerprint=fingerprint,
     )
     atomic_write(paths.train_result, json.dumps(asdict(result), indent=2))
     log.info(result.summary())
@@ -179,8 +193,8 @@ def _load_state(paths: RunPaths, digest: str) -> TrainState:
     file = _checkpoint_file(paths)
     if not file.exists():
         return TrainState(config_digest=digest)
-    with np.load(file, allow_pickle=False) as npz:
-        state = TrainState(**json.loads(str(npz["state"])))
+    with _checkpoint(file) as npz:
+        state = parse_record(TrainState, str(npz["state"]), f"checkpoint {file}")
     if state.config_digest != digest:
         raise ConfigError(
             f"run directory {paths.root}: holds a checkpoint of a different training config "
@@ -198,13 +212,28 @@ def _save_checkpoint(model: Any, state: TrainState, paths: RunPaths) -> None:
 
 
 def _restore_variables(model: Any, paths: RunPaths) -> None:
-    variables = _variables(model)
-    with np.load(_checkpoint_file(paths), allow_pickle=False) as npz:
+    variables, file = _variables(model), _checkpoint_file(paths)
+    with _checkpoint(file) as npz:
         names = list(npz["names"])
         if names != [v.path for v in variables]:
-            raise ConfigError(f"checkpoint {_checkpoint_file(paths)}: variables do not match model {model.name}")
+            raise ConfigError(f"checkpoint {file}: variables do not match model {model.name}")
         for i, v in enumerate(variables):
-            v.assign(npz[f"v{i:04d}"])
+            value = npz[f"v{i:04d}"]
+            if value.dtype != v.dtype or value.shape != tuple(v.shape):
+                raise ModelFileError(f"checkpoint {file}: variable {v.path} is {value.dtype} {value.shape}, expected {v.dtype} {tuple(v.shape)}")
+            v.assign(value)
+
+
+@contextlib.contextmanager
+def _checkpoint(file: Path) -> Iterator[Any]:
+    """The .npz checkpoint, opened without pickle; any corruption (truncation, object arrays, missing
+    entries) is a `ModelFileError` naming the file."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            yield npz
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ModelFileError(f"checkpoint {file}: unreadable ({type(e).__name__}); delete {file.parent} to train from scratch") from None
+
 
 
 # --- the callback that owns early stopping, best weights and the checkpoint -----------------
@@ -230,10 +259,9 @@ class _EpochTracker(keras.callbacks.Callback):
 
             self.inference_model = build_model(self.model.name)
         self.inference_model.set_weights(self.model.get_weights())
-        with atomic_path(self.paths.best_weights) as tmp:
-            weights = tmp.with_name(tmp.name + ".weights.h5")  # Keras insists on the suffix
-            self.inference_model.save_weights(weights)
-            weights.replace(tmp)
+        _require_space(self.paths.best_weights, sum(w.nbytes for w in self.inference_model.get_weights()))
+        with atomic_path(self.paths.best_weights, suffix=".tmp.weights.h5") as tmp:  # Keras insists on the suffix
+            self.inference_model.save_weights(tmp)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.preempted:
@@ -248,7 +276,14 @@ class _EpochTracker(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         s = self.state
         s.train_seconds += time.monotonic() - self.epoch_started
-        val_loss = float(logs["val_loss"])
+        losses = {name: float(logs[name]) for name in ("loss", "val_loss")}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise TrainingDiverged(
+                f"training {self.paths.root}: loss became non-finite in epoch {epoch + 1} "
+                f"({', '.join(f'{k} {v}' for k, v in losses.items())}); lower train.learning_rate or check train.lr_decay. "
+                f"Epochs 1..{s.epochs_done} are kept"
+            )
+        val_loss = losses["val_loss"]
         if val_loss < s.best_val_loss - self.min_delta:
             s.best_val_loss, s.best_epoch, s.patience_wait = val_loss, epoch + 1, 0
             self._save_best_weights()
@@ -270,6 +305,17 @@ class _EpochTracker(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.preempted:
             raise Preempted(f"SIGTERM after epoch {s.epochs_done}; saved, rerun to resume")
+
+
+# HDF5 (under Keras' save_weights) crashes the process when a write fails for lack of space, so
+# the space is checked before it writes: the weights, plus a margin for HDF5's own structures.
+HDF5_MARGIN_BYTES = 4 << 20
+
+
+def _require_space(path: Path, payload_bytes: int) -> None:
+    free = shutil.disk_usage(path.parent).free
+    if free < payload_bytes + HDF5_MARGIN_BYTES:
+        raise StorageFull(f"file {path}: {free} bytes free, about {payload_bytes + HDF5_MARGIN_BYTES} needed; nothing was changed")
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = "probabilities") -> onnx.ModelProto:
-    """images [N, 32, 32, 3] -> softmax(mean colour @ weights + bias) [N, 10]."""
+def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = "probabilities", trained_on: str = "") -> onnx.ModelProto:
+    """images [N, 32, 32, 3] -> softmax(mean colour @ weights + bias) [N, 10]; `trained_on` is the data set's fingerprint,
+    as export stamps it (job/fingerprint.py)."""
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["colour"], axes=[1, 2], keepdims=0),
         helper.make_node("MatMul", ["colour", "weights"], ["logits_nobias"]),
@@ -39,6 +40,7 @@ def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = 
         "input_layout": "float32 NHWC [N, 32, 32, 3], RGB",
         "input_scaling": "uint8 pixel / 255, so every value is in [0, 1]",
         "output_meaning": "softmax probabilities [N, 10], columns in class_names order",
+        "dataset_fingerprint": trained_on,
     }.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)

@@ -17,12 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 from export.modelfile import load_onnx, metadata
-from export.publish import latest, versions
+from export.repository import latest, versions
 from export.validate import validate_model
 from job.cli import main
 from job.config import load_config
 from job.data import load_dataset
+from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
+
+from .conftest import REAL_ARCHIVE
 
 from .onnx_models import fit_mean_colour, mean_colour_model
 
@@ -39,7 +42,11 @@ def validated(real_archive: Path, tmp_path_factory) -> dict[str, Path]:
     data = load_dataset(load_config(env={}, overrides={"data.source": str(real_archive)}).data)
     bias = np.zeros(10)
     bias[0] = 1.0
-    models = {"good": mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels)), "worse": mean_colour_model(np.zeros((3, 10)), bias)}
+    trained_on = dataset_fingerprint(data)
+    models = {
+        "good": mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels), trained_on=trained_on),
+        "worse": mean_colour_model(np.zeros((3, 10)), bias, trained_on=trained_on),
+    }
     runs = {}
     for name, model in models.items():
         run = tmp_path_factory.mktemp(name) / "run"
@@ -60,7 +67,11 @@ def runs(validated: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
 
 
 def _publish(run: Path, root: Path, *args: str):
-    return CliRunner().invoke(main, ["publish", "--out", str(run), "--set", f"publish.root={root}", *args])
+    return CliRunner().invoke(main, ["publish", *_args(run, root), *args])
+
+
+def _args(run: Path, root: Path) -> list[str]:
+    return ["--out", str(run), "--data", str(REAL_ARCHIVE), "--set", f"publish.root={root}"]
 
 
 def _published(root: Path, version: int) -> Path:
@@ -112,7 +123,7 @@ def test_versions_increase_and_latest_is_the_highest(runs, tmp_path: Path) -> No
     assert _publish(runs["good"], root, *NO_GATE).exit_code == 0
     assert _publish(runs["worse"], root, *NO_GATE).exit_code == 0
     assert versions(root / "cifar10-cnn") == [1, 2]
-    newest = latest(load_config(env={}, overrides={"publish.root": str(root)}).publish)
+    newest = latest(root / "cifar10-cnn")
     assert newest["version"] == 2 and newest["validated_sha256"] == _sha(runs["worse"] / "model.onnx")
 
 
@@ -137,18 +148,74 @@ def test_a_failed_gate_publishes_nothing_and_exits_6(runs, tmp_path: Path, args:
     assert [p.name for p in (root / "cifar10-cnn").iterdir() if not p.name.isdigit()] == [".publish.lock"]
 
 
-def test_a_model_changed_after_validation_is_refused(runs, tmp_path: Path) -> None:
+def test_publish_measures_the_model_itself_so_an_edited_metrics_json_cannot_pass_the_gate(runs, tmp_path: Path) -> None:
+    metrics_json = runs["worse"] / "metrics.json"
+    forged = json.loads(metrics_json.read_text())
+    forged.update(accuracy=0.99, weighted_f1=0.99, gate={**forged["gate"], "passed": True, "failures": []})
+    metrics_json.write_text(json.dumps(forged))
+    result = _publish(runs["worse"], tmp_path / "models")
+    assert result.exit_code == 6, result.output
+    assert "accuracy 0.1000 < 0.7562 (gate.min_accuracy)" in result.stderr
+    assert versions(tmp_path / "models" / "cifar10-cnn") == []
+
+
+def test_publish_stamps_what_it_measured_not_what_metrics_json_says(runs, tmp_path: Path) -> None:
+    """A model swapped in after validation is published with its own numbers; metrics.json is not needed."""
     (runs["good"] / "model.onnx").write_bytes((runs["worse"] / "model.onnx").read_bytes())
-    result = _publish(runs["good"], tmp_path / "models", *NO_GATE)
-    assert result.exit_code == 5
-    assert "changed since it was validated (metrics.json); run `cifar-job validate` again" in result.stderr
-    assert not (tmp_path / "models").exists()
-
-
-def test_publishing_needs_a_validated_model(runs, tmp_path: Path) -> None:
     (runs["good"] / "metrics.json").unlink()
-    result = _publish(runs["good"], tmp_path / "models", *NO_GATE)
-    assert result.exit_code == 5 and "metrics.json: no such file; run `cifar-job validate` first" in result.stderr
+    root = tmp_path / "models"
+    assert _publish(runs["good"], root, *NO_GATE).exit_code == 0
+    sidecar = json.loads((_published(root, 1) / "metadata.json").read_text())
+    assert sidecar["metrics"]["accuracy"] == 0.1 and sidecar["validated_sha256"] == _sha(runs["worse"] / "model.onnx")
+    assert sidecar["metrics"]["test_set"]["training_data"] is True
+
+
+def test_a_model_is_measured_only_on_the_data_set_it_was_trained_on(runs, tmp_path: Path, make_archive) -> None:
+    other = make_archive()  # a valid CIFAR archive, but not the one the models were trained on
+    args = ["publish", "--out", str(runs["good"]), "--data", str(other), "--set", f"publish.root={tmp_path / 'models'}", *NO_GATE]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 3, refused.output
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("cifar-job: error: data ") and last.endswith("set validate.allow_other_test_set=true to measure it anyway")
+    assert "Traceback" not in refused.stderr and versions(tmp_path / "models" / "cifar10-cnn") == []
+
+    allowed = CliRunner().invoke(main, [*args, "--set", "validate.allow_other_test_set=true"])
+    assert allowed.exit_code == 0, allowed.output
+    test_set = json.loads((_published(tmp_path / "models", 1) / "metadata.json").read_text())["metrics"]["test_set"]
+    assert test_set["training_data"] is False and test_set["source"] == str(other)
+
+
+@pytest.mark.parametrize(
+    "entry, problem",
+    [
+        ("3", "a version must be a directory"),  # a file where a version would go
+        ("sidecar", "not a metadata.json written by cifar-job"),  # a version whose sidecar lost its metrics
+    ],
+)
+def test_a_tampered_repository_is_refused_with_one_line_naming_the_file(runs, tmp_path: Path, entry: str, problem: str) -> None:
+    root = tmp_path / "models"
+    assert _publish(runs["good"], root, *NO_GATE).exit_code == 0
+    model_dir = root / "cifar10-cnn"
+    if entry == "sidecar":
+        sidecar = json.loads((model_dir / "1" / "metadata.json").read_text())
+        del sidecar["metrics"]
+        (model_dir / "1" / "metadata.json").write_text(json.dumps(sidecar))
+    else:
+        (model_dir / entry).write_text("not a version")
+    result = _publish(runs["worse"], root, *NO_GATE, "--set", "gate.max_regression=1")
+    assert result.exit_code == 5, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("cifar-job: error: ") and problem in line and str(model_dir) in line and "Traceback" not in result.stderr
+    assert not (model_dir / "2").exists()
+
+
+def test_only_ascii_digit_directories_are_versions(runs, tmp_path: Path) -> None:
+    model_dir = tmp_path / "models" / "cifar10-cnn"
+    for name in ("²", "٩٩", "007", "1" * 30):
+        (model_dir / name).mkdir(parents=True)
+    assert versions(model_dir) == []
+    assert _publish(runs["good"], tmp_path / "models", *NO_GATE).exit_code == 0
+    assert versions(model_dir) == [1]
 
 
 # --- crashes: a real publishing process is killed with SIGKILL at each step -------------------------
@@ -180,7 +247,7 @@ def test_a_publish_killed_midway_leaves_the_previous_version_intact(runs, tmp_pa
     v1 = _sha(_published(root, 1) / "model.onnx")
 
     event, needles = KILL_POINTS[point]
-    args = ["publish", "--out", str(runs["worse"]), "--set", f"publish.root={root}", *NO_GATE]
+    args = ["publish", *_args(runs["worse"], root), *NO_GATE]
     killed = subprocess.run([sys.executable, "-c", KILLER, event, needles, *args], capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr  # it really died at that step
 
@@ -204,7 +271,7 @@ def test_concurrent_publishers_get_distinct_versions(runs, tmp_path: Path) -> No
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "job", "publish", "--out", str(run), "--set", f"publish.root={root}", *NO_GATE],
+            [sys.executable, "-m", "job", "publish", *_args(run, root), *NO_GATE],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         for run in runs.values()

@@ -15,11 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from export.gate import check_gate
-from export.validate import open_session, validate_model
+from export.session import open_session
+from export.validate import validate_model
 from job.cli import main
 from job.config import load_config
 from job.data import load_dataset, scale
-from job.errors import DeviceUnavailable, GateFailed, ModelFileError
+from job.errors import DataError, DeviceUnavailable, GateFailed, ModelFileError
+from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
 
 from .conftest import CLASS_NAMES, REAL_SHA256
@@ -41,7 +43,7 @@ def data(real_archive: Path):
 @pytest.fixture(scope="module")
 def model(data) -> onnx.ModelProto:
     weights, bias = fit_mean_colour(data.train_images, data.train_labels)
-    return mean_colour_model(weights, bias)
+    return mean_colour_model(weights, bias, trained_on=dataset_fingerprint(data))
 
 
 def _config(real_archive: Path, run: Path, **keys: object):
@@ -96,7 +98,10 @@ def test_metrics_match_an_independent_computation(real_archive: Path, tmp_path: 
     assert doc["confusion_matrix"] == expected["confusion_matrix"]
     for name in CLASS_NAMES:
         assert doc["per_class"][name] == pytest.approx(expected["per_class"][name], abs=1e-12), name
-    assert doc["data"] == {"split": "test", "source": str(real_archive), "sha256": REAL_SHA256, "images": 10_000}
+    assert doc["data"] == {
+        "split": "test", "source": str(real_archive), "sha256": REAL_SHA256,
+        "fingerprint": dataset_fingerprint(data), "training_data": True, "images": 10_000,
+    }  # fmt: skip
     # The fitted mean-colour model is weak but real: better than chance, and numpy agrees with onnxruntime.
     assert 0.15 < doc["accuracy"] < 0.5
     assert np.mean(predict_numpy(data.test_images, *fit_mean_colour(data.train_images, data.train_labels)) == expected["predicted"]) > 0.995
@@ -153,6 +158,37 @@ def test_gate_passes_or_fails_at_its_threshold_with_its_exit_code(real_archive, 
     assert not (run.parent / "models").exists()  # validation never publishes
 
 
+def test_a_non_finite_score_never_passes_the_gate() -> None:
+    lenient = load_config(env={}, overrides={"gate.min_accuracy": 0, "gate.min_weighted_f1": 0}).gate
+    for forged in (float("nan"), float("inf")):
+        verdict = check_gate({"accuracy": forged, "weighted_f1": 0.9}, lenient)
+        assert not verdict.passed and verdict.failures[0] == f"accuracy is {forged!r}, not a finite number"
+
+
+def test_a_model_that_outputs_nan_is_refused(real_archive: Path, tmp_path: Path, data) -> None:
+    nan_bias = np.full(10, np.nan)
+    run = _run_dir(tmp_path, mean_colour_model(np.zeros((3, 10)), nan_bias, trained_on=dataset_fingerprint(data)))
+    with pytest.raises(ModelFileError, match="outputs non-finite probabilities on the test set"):
+        validate_model(_config(real_archive, run, validate__device="cpu"), RunPaths(run), data)
+    assert sorted(p.name for p in run.iterdir()) == ["model.onnx"]
+
+
+def test_a_model_is_validated_only_on_the_data_set_it_was_trained_on(real_archive: Path, tmp_path: Path, data, model, make_archive) -> None:
+    other = make_archive()
+    unbound = mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels))  # exported elsewhere: no fingerprint
+    for model, source in ((unbound, real_archive), (model, other)):
+        run = _run_dir(tmp_path, model)
+        with pytest.raises(DataError, match=r"not the data set model .* was trained on .*validate.allow_other_test_set=true"):
+            validate_model(_config(real_archive, run, data__source=str(source), data__checksum="none"), RunPaths(run))
+        assert sorted(p.name for p in run.iterdir()) == ["model.onnx"]
+    config = _config(real_archive, run, data__source=str(other), data__checksum="none", validate__allow_other_test_set=True,
+                     gate__min_accuracy=0, gate__min_weighted_f1=0)  # fmt: skip
+    validate_model(config, RunPaths(run))
+    doc = json.loads((run / "metrics.json").read_text())
+    assert doc["data"]["training_data"] is False and doc["data"]["source"] == str(other)
+    assert "**not the data set the model was trained on**" in (run / "model_card.md").read_text()
+
+
 def test_gate_defaults_are_the_reference_study_and_regression_is_checked_against_the_published_model() -> None:
     gate = load_config(env={}).gate
     assert (gate.min_accuracy, gate.min_weighted_f1, gate.max_regression) == (0.7562, 0.7539, None)
@@ -177,7 +213,7 @@ def test_cpu_runs_on_the_cpu_provider_only(model) -> None:
 
 
 def test_auto_prefers_cuda_and_falls_back_to_cpu_with_a_warning(model, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="export.validate"):
+    with caplog.at_level(logging.WARNING, logger="export.session"):
         providers = open_session(model.SerializeToString(), "auto", "m").get_providers()
     if HAS_GPU:
         assert providers[0] == "CUDAExecutionProvider"

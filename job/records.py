@@ -1,0 +1,62 @@
+"""Result and state records as JSON, read back strictly: every field present and of its declared type.
+
+A run directory can be edited, truncated or left by another version; whatever is read back
+from it either is exactly what this code wrote or is a `ModelFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import typing
+from pathlib import Path
+from typing import Any
+
+from job.errors import ModelFileError
+
+MAX_RECORD_BYTES = 64 << 20
+
+
+def read_record(cls: type[Any], path: Path) -> Any:
+    """The dataclass `cls` from the JSON file `path`."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECORD_BYTES + 1)
+    except OSError as e:
+        raise ModelFileError(f"record {path}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ModelFileError(f"record {path}: larger than {MAX_RECORD_BYTES} bytes")
+    return parse_record(cls, raw, f"record {path}")
+
+
+def parse_record(cls: type[Any], raw: bytes | str, where: str) -> Any:
+    """The dataclass `cls` from JSON text; `where` names it in the error."""
+    try:
+        record = json.loads(raw)
+        hints = typing.get_type_hints(cls)
+        if not isinstance(record, dict) or set(record) != set(hints):
+            raise ValueError("its fields differ")
+        wrong = [key for key, hint in hints.items() if not _matches(record[key], hint)]
+        if wrong:
+            raise ValueError(f"{wrong[0]} has the wrong type")
+    except (ValueError, RecursionError) as e:
+        raise ModelFileError(f"{where}: not a record this version of cifar-job wrote ({str(e)[:80]})") from None
+    return cls(**record)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """isinstance for the JSON shapes of these records: str, bool, int, float (finite or ±inf), list[...], dict[str, ...]."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
