@@ -507,7 +507,7 @@ def test_credentials_in_the_url_are_refused_before_any_work(url: str, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "url", ["http://[::1:9091", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://:9091", "http://127.0.0.1:9091/\x7f", "http://h#x"]
+    "url", ["http://[::1:9091", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://:9091", "http://exämple.org:9091", "http://h#x"]
 )
 def test_a_malformed_pushgateway_url_is_a_config_error_before_any_work(url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^metrics.pushgateway_url "):
@@ -535,20 +535,22 @@ def test_unusable_credentials_are_config_errors(username: str | None, password_f
     assert "p4ssw0rd" not in str(raised.value)
 
 
-HOSTILE_RUN_IDS = ["a/b", "..", ".", "../../other-job", "a b", "ü?#%&=;", "x\ny"]
+HOSTILE_RUN_DIRECTORIES = ["a b", "...", "%2F..%2Fother", "ü?#%&=;", "run_id@base64"]
 
 
 def test_grouping_values_cannot_change_the_group(
     tmp_path: Path, secured_pushgateway: SecuredPushgateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A run id or job name with `/`, `..`, `%`, `?` or a newline is pushed to exactly its own group."""
+    """The default run id, the run directory's name, may hold `%`, `?`, `@` or spaces: each goes to exactly its own group."""
     _use_credentials(monkeypatch, secured_pushgateway.username, secured_pushgateway.password_file)
-    for run_id in HOSTILE_RUN_IDS:
-        with RunMetrics.session(_config(tmp_path, pushgateway_url=secured_pushgateway.url, run_id=run_id, job_name="x/../y"), "train"):
+    for name in HOSTILE_RUN_DIRECTORIES:
+        config = load_config(env={}, overrides={"out": str(tmp_path / name), "metrics.pushgateway_url": secured_pushgateway.url,
+                                                "metrics.job_name": "hostile-run-ids"})
+        with RunMetrics.session(config, "train"):
             pass
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    pushed = [g for g in secured_pushgateway.groups() if g["job"] == "x/../y"]
-    assert sorted(pushed, key=lambda g: g["run_id"]) == [{"job": "x/../y", "run_id": r} for r in sorted(HOSTILE_RUN_IDS)]
+    pushed = [g for g in secured_pushgateway.groups() if g["job"] == "hostile-run-ids"]
+    assert sorted(pushed, key=lambda g: g["run_id"]) == [{"job": "hostile-run-ids", "run_id": r} for r in sorted(HOSTILE_RUN_DIRECTORIES)]
 
 
 @contextlib.contextmanager
