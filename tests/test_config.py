@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import http.server
+import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import Config, load_config
+from job.config import SECTIONS, Config, load_config
+from job.errors import ConfigError
 
 
 def test_defaults_are_the_reference_recipe() -> None:
@@ -134,3 +137,114 @@ def test_sigterm_outside_training_exits_75_and_keeps_no_partial_download(tmp_pat
     assert proc.returncode == 75, stderr
     assert stderr.strip().splitlines()[-1] == "cifar-job: error: SIGTERM received; finished stages and epochs are saved, rerun to resume"
     assert list(cache.iterdir()) == []  # the partial download was removed
+
+
+# --- Hostile and faulty input: refused before any work, one short line, exit 2 ---------------------
+
+ALIAS_BOMB = "train:\n  epochs:\n    - &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
+    f"    - &{b} [{','.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh")
+)  # 330 bytes; 9**8 (43 million) strings once expanded
+
+
+def _float_keys() -> list[str]:
+    return [
+        f"{Config.model_fields[section].alias or section}.{key}"
+        for section, model in SECTIONS.items()
+        for key, field in model.model_fields.items()
+        if "float" in str(field.annotation)
+    ]
+
+
+HOSTILE_FILES = {
+    "alias bomb": (ALIAS_BOMB, "line 3: not valid YAML: anchors (&) and aliases (*) are not supported"),
+    "merge key": ("train: &t {epochs: 3}\nexport: {<<: *t}\n", "anchors (&) and aliases (*) are not supported"),
+    "not UTF-8": (b"train:\n  epochs: \xff\xfe\n", "not UTF-8 text (byte 17)"),
+    "flow nesting": ("train: " + "[" * 20_000, "not valid YAML"),
+    "block nesting": ("".join(" " * i + "- \n" for i in range(100)), "line 11: not valid YAML: nested deeper than 10 levels"),
+    "too many values": ("train: [" + "1," * 20_000 + "1]\n", "not valid YAML: more than 10000 values"),
+    "too large": ("#" * (1 << 20) + "\n", "larger than 1048576 bytes"),
+    "long integer": ("train: {patience: " + "9" * 5000 + "}\n", "not valid YAML: a value longer than 4096 characters"),
+    "huge hex integer": ("train: {patience: 0x" + "f" * 4000 + "}\n", "train.patience (from FILE): input should be less than or equal to 10000, got <integer of 16000 bits>"),
+    "duplicate key": ("train:\n  epochs: 3\n  epochs: 4\n", "line 3: not valid YAML: duplicate key 'epochs'"),
+    "duplicate section": ("train: {}\ndata: {}\ntrain: {}\n", "line 3: not valid YAML: duplicate key 'train'"),
+    "binary tag": ("data: {source: !!binary aGVsbG8=}\n", "tag !!binary is not supported"),
+    "timestamp tag": ("metrics: {run_id: !!timestamp 2024-01-01}\n", "tag !!timestamp is not supported"),
+    "python tag": ("train: !!python/object/apply:os.system [echo owned]\n", "tag !!python/object/apply:os.system is not supported"),
+    "set tag": ("train: !!set {epochs}\n", "tag !!set is not supported"),
+    "local tag": ("train: {epochs: !int 3}\n", "tag !int is not supported"),
+    "seed of 2**32": ("train: {seed: 4294967296}\n", "config key train.seed (from FILE): input should be less than 4294967296, got 4294967296"),
+    "split seed of 2**32": ("data: {split_seed: 4294967296}\n", "config key data.split_seed (from FILE): input should be less than 4294967296"),
+    "no training images": (
+        "data: {train_limit: 10, validation_fraction: 0.99}\n",
+        "config key data.validation_fraction (from FILE): splits 10 training images into 0 for training and 10 for validation; both need at least one",
+    ),
+    "no validation images": ("data: {train_limit: 10, validation_fraction: 0.01}\n", "into 10 for training and 0 for validation"),
+    "more parity images than data": (
+        "data: {train_limit: 400, test_limit: 200}\nexport: {parity_images: 601}\n",
+        "config key export.parity_images (from FILE): 601 images wanted for the parity check; the data config yields 600",
+    ),
+    "parity images beyond CIFAR-10": ("export: {parity_images: 60001}\n", "60001 images wanted for the parity check; the data config yields 60000"),
+    "NUL in a path": ('out: "runs/a\\0b"\n', "config key out (from FILE): expected printable text of at most 4096 characters, got 'runs/a\\x00b'"),
+    "newline in the cache path": ('data: {cache_dir: "/tmp/a\\nb"}\n', "config key data.cache_dir (from FILE): expected printable text"),
+    "escape in the publish root": ('publish: {root: "\\e[2J"}\n', "config key publish.root (from FILE): expected printable text"),
+    "right-to-left override in the source": ('data: {source: "archive\\u202Ezg.tar"}\n', "config key data.source (from FILE): expected printable text"),
+    "slash in run_id": ("metrics: {run_id: ../../job}\n", "config key metrics.run_id (from FILE): string should match pattern"),
+    "long job_name": (f"metrics: {{job_name: {'j' * 129}}}\n", "config key metrics.job_name (from FILE): string should match pattern"),
+    "bad metrics address": ("metrics: {address: 'http://0.0.0.0:80'}\n", "config key metrics.address (from FILE): expected an IP address or a host name"),
+    "huge unknown key": ("train:\n  ? " + "k" * 4000 + "\n  : 1\n", "config key 'train." + "k" * 70 + "... (from FILE): unknown key;"),
+    "internal section name": ("validate_: {device: cpu}\n", "config key validate_ (from FILE): unknown key; expected one of: out, data,"),
+    "bad value echoed in part": (f"data: {{checksum: md5:{'0' * 4000}}}\n", "got 'md5:" + "0" * 72 + "..."),
+    "sequence of sections": ("- train\n", "expected a mapping of sections, got list"),
+}
+HOSTILE_FILES |= {
+    f"{word} in {key}": (f"{key.split('.')[0]}: {{{key.split('.')[1]}: {spelling}}}\n", f"config key {key} (from FILE): input should be a finite number")
+    for key in _float_keys()
+    for word, spelling in (("NaN", ".nan"), ("infinity", ".inf"), ("-infinity", "-.inf"))
+}
+
+
+def _one_error_line(result) -> str:
+    """The CLI's answer to bad config: exit 2, one short line, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("cifar-job: error: ") and result.stderr.count("\n") == 1, result.stderr[:2000]
+    assert len(result.stderr) < 600
+    return result.stderr.removeprefix("cifar-job: error: ").rstrip("\n")
+
+
+@pytest.mark.parametrize("case", HOSTILE_FILES)
+def test_hostile_config_file_is_refused_before_any_work(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, expected = HOSTILE_FILES[case]
+    file = tmp_path / "job.yaml"
+    file.write_bytes(text if isinstance(text, bytes) else text.encode())
+    expected = expected.replace("FILE", str(file))
+    with pytest.raises(ConfigError) as raised:
+        load_config(file, env={})
+    assert expected in str(raised.value)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert _one_error_line(_invoke(["train", "--config", str(file)])) == str(raised.value)
+    assert list(cwd.iterdir()) == []  # no run directory
+
+
+def _limited(seconds: int, gigabytes: float) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
+        resource.setrlimit(resource.RLIMIT_AS, (int(gigabytes * 2**30),) * 2)
+
+    return limit
+
+
+def test_alias_bomb_costs_well_under_a_second_and_little_memory(tmp_path: Path) -> None:
+    """Measured before the fix: 11-15 s, 1.4 GB and a 351 MB "line"; the loader now stops at the first anchor."""
+    file = tmp_path / "bomb.yaml"
+    file.write_text(ALIAS_BOMB)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError):
+        load_config(file, env={})
+    assert time.perf_counter() - started < 0.1
+    # The whole command, start-up included, in a process allowed 5 s of CPU and 1.5 GiB of address space.
+    proc = subprocess.run([sys.executable, "-m", "job", "data", "verify", "--config", str(file)],
+                          capture_output=True, text=True, timeout=60, preexec_fn=_limited(5, 1.5))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr == f"cifar-job: error: config file {file} line 3: not valid YAML: anchors (&) and aliases (*) are not supported\n"
