@@ -89,7 +89,7 @@ class _Reader:
 
     def take(self, n: int) -> memoryview:
         if n < 0 or n > len(self.data) - self.pos:
-            raise Refused(f"length {n} at byte {self.pos} runs past the end ({len(self.data) - self.pos} bytes left)")
+            raise Refused(f"truncated: {n} bytes wanted at byte {self.pos}, {len(self.data) - self.pos} left")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk

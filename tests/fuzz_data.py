@@ -1,0 +1,112 @@
+"""Coverage-guided fuzzing (atheris) of the batch parser and the archive reader.
+
+    .venv/bin/python -m tests.fuzz_data pickle  -max_total_time=600 -rss_limit_mb=1024 [CORPUS]
+    .venv/bin/python -m tests.fuzz_data archive -max_total_time=600 -rss_limit_mb=1024 [CORPUS]
+
+A finding is anything but a clean return or the module's own refusal (`Refused`, `DataError`,
+`ArchiveError`): any other exception, a crash, a timeout or memory above the RSS limit; libFuzzer
+then writes the input to `crash-*`/`oom-*`/`timeout-*` and exits non-zero. Seeds (written into
+the corpus directory, a fresh temporary one if none is given) are the real variants: Python 2
+and Python 3 pickles at protocols 2 to 5, and small archives in ustar, pax and GNU form.
+The first input byte picks a sub-target, so one corpus covers related entry points.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import atheris
+import numpy as np
+
+with atheris.instrument_imports(include=["job"]):
+    from job.archive import ArchiveError, read_members
+    from job.batch_format import read_class_names
+    from job.errors import DataError
+    from job.safe_pickle import Refused, load_dict
+
+from tests.cifar_bytes import meta, py2_batch
+
+SHAPE = (4, 6)  # the parser's array shape is a parameter: small arrays keep inputs small
+NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+MEMBERS = {"cifar-10-batches-py/data_batch_1": 4096, "cifar-10-batches-py/batches.meta": 1024, "cifar-10-batches-py/readme.html": 256}
+
+
+def pickle_target(data: bytes) -> None:
+    """0: the generic reader with a small array shape; 1: batches.meta's class names."""
+    if not data:
+        return
+    try:
+        if data[0] & 1:
+            read_class_names(data[1:], "fuzz")
+        else:
+            load_dict(data[1:], SHAPE)
+    except (Refused, DataError):
+        pass
+
+
+def archive_target(data: bytes) -> None:
+    """0: the input is the .tar.gz; 1: the input is a tar stream, gzipped here (reaches the tar layer)."""
+    if not data:
+        return
+    payload = data[1:] if data[0] & 1 == 0 else gzip.compress(data[1:], compresslevel=0, mtime=0)
+    try:
+        read_members(io.BytesIO(payload), MEMBERS, {"cifar-10-batches-py"}, 8192)
+    except ArchiveError:
+        pass
+
+
+def pickle_seeds() -> list[bytes]:
+    array = np.arange(np.prod(SHAPE), dtype=np.uint8).reshape(SHAPE)
+    batch = {b"batch_label": b"x", b"labels": [1, 2, 3, 4], b"data": array, b"filenames": [b"a.png", b"b.png"]}
+    seeds = [b"\0" + pickle.dumps(batch, protocol=p) for p in (2, 3, 4, 5)]
+    seeds.append(b"\0" + py2_batch(array, [1, 2, 3, 4]))
+    seeds += [b"\1" + meta(NAMES), b"\1" + pickle.dumps({b"label_names": NAMES}, protocol=4)]
+    return seeds
+
+
+def archive_seeds() -> list[bytes]:
+    files = {"data_batch_1": b"batch" * 100, "batches.meta": b"meta", "readme.html": b"<p>"}
+    seeds = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
+            tar.addfile(_info("cifar-10-batches-py", tarfile.DIRTYPE, 0))
+            for name, content in files.items():
+                tar.addfile(_info(f"cifar-10-batches-py/{name}", tarfile.REGTYPE, len(content), fmt), io.BytesIO(content))
+        seeds += [b"\0" + gzip.compress(raw.getvalue(), mtime=0), b"\1" + raw.getvalue()]
+    return seeds
+
+
+def _info(name: str, kind: bytes, size: int, fmt: int = tarfile.USTAR_FORMAT) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    if fmt == tarfile.PAX_FORMAT:
+        info.pax_headers = {"comment": "pax seed"}
+    return info
+
+
+TARGETS = {"pickle": (pickle_target, pickle_seeds), "archive": (archive_target, archive_seeds)}
+
+
+def main(argv: list[str]) -> None:
+    target, seeds = TARGETS[argv[1]]
+    args = [argv[0], *argv[2:]]
+    corpus = next((Path(a) for a in args[1:] if not a.startswith("-")), None)
+    if corpus is None:
+        corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{argv[1]}-"))
+        args.append(str(corpus))
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i, seed in enumerate(seeds()):
+        (corpus / f"seed-{i}").write_bytes(seed)
+    atheris.Setup(args, target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
