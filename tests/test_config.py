@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import SECTIONS, Config, load_config
+from job.config import SECTIONS, Config, load_config, parse_sets
 from job.errors import ConfigError
 
 
@@ -248,3 +248,75 @@ def test_alias_bomb_costs_well_under_a_second_and_little_memory(tmp_path: Path) 
                           capture_output=True, text=True, timeout=60, preexec_fn=_limited(5, 1.5))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr == f"cifar-job: error: config file {file} line 3: not valid YAML: anchors (&) and aliases (*) are not supported\n"
+
+
+HOSTILE_COMMAND_LINES = {
+    "invalid YAML in --set": (["--set", "train.learning_rate=["], {},
+                              "config key train.learning_rate (from command line): not valid YAML: did not find expected node content"),
+    "alias in --set": (["--set", "train.epochs=[&a [1, 1], *a]"], {}, "config key train.epochs (from command line): not valid YAML: anchors"),
+    "tag in --set": (["--set", "data.source=!!binary aGVsbG8="], {}, "not valid YAML: tag !!binary is not supported"),
+    "NUL in --set": (["--set", 'out="a\\0b"'], {}, "config key out (from command line): expected printable text"),
+    "huge --set key": (["--set", "k" * 100_000 + "=1"], {}, "config key '" + "k" * 76 + "... (from command line): unknown key"),
+    "--set without value": (["--set", "x" * 100_000], {}, "--set '" + "x" * 76 + "...: expected KEY=VALUE"),
+    "empty --set value unsets": (["--set", "train.epochs="], {}, "config key train.epochs (from command line): input should be a valid integer, got None"),
+    "word for a number flag": (["--epochs", "many"], {}, "config key train.epochs (from command line): input should be a valid integer, unable to parse"),
+    "seed flag of 2**32": (["--seed", "4294967296"], {}, "config key train.seed (from command line): input should be less than 4294967296"),
+    "infinite decay": (["--set", "train.lr_decay=.inf"], {}, "config key train.lr_decay (from command line): input should be a finite number"),
+    "NaN from the environment": ([], {"CIFAR_JOB_GATE_MIN_ACCURACY": "nan"}, "config key gate.min_accuracy (from environment): input should be a finite number"),
+    "huge environment value": ([], {"CIFAR_JOB_TRAIN_EPOCHS": "9" * 100_000},
+                               "config key train.epochs (from environment): expected printable text of at most 4096 characters, got '999"),
+    "huge environment name": ([], {"CIFAR_JOB_" + "X" * 100_000: "1"}, "environment variable 'CIFAR_JOB_XXXX"),
+    "two variables for one key": ([], {"CIFAR_JOB_TRAIN_EPOCHS": "3", "CIFAR_JOB_TRAIN_epochs": "4"},
+                                  "environment variables CIFAR_JOB_TRAIN_EPOCHS and CIFAR_JOB_TRAIN_epochs both set train.epochs"),
+    "escape sequence in the environment": ([], {"CIFAR_JOB_METRICS_RUN_ID": "\x1b]0;owned\x07"}, "config key metrics.run_id (from environment)"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_COMMAND_LINES)
+def test_hostile_flags_and_environment_are_refused_with_one_short_line(case: str, tmp_path: Path) -> None:
+    args, env, expected = HOSTILE_COMMAND_LINES[case]
+    out = tmp_path / "run"
+    message = _one_error_line(_invoke(["train", "--out", str(out), *args], env=env))
+    assert expected in message and message.isprintable()
+    assert not out.exists()
+
+
+def test_yaml_reads_dates_and_special_words_as_text(tmp_path: Path) -> None:
+    """YAML 1.1 would make a date of 2024-01-01 and fail on a bare '=' (its 'value' tag); a config wants the text."""
+    file = tmp_path / "job.yaml"
+    file.write_text("metrics: {run_id: 2024-01-01}\n")
+    c = load_config(file, env={}, overrides=parse_sets(("model.name==", "data.source=<<")))
+    assert (c.metrics.run_id, c.model.name, c.data.source) == ("2024-01-01", "=", "<<")
+
+
+def test_negative_zero_is_zero_and_trains_the_same_weights() -> None:
+    c = load_config(env={}, overrides={"train.min_delta": -0.0, "gate.max_regression": -0.0})
+    assert str(c.train.min_delta) == str(c.gate.max_regression) == "0.0"
+    assert c.training_digest() == load_config(env={}, overrides={"train.min_delta": 0.0}).training_digest()
+
+
+def test_default_parity_images_shrink_to_what_the_data_limits_leave() -> None:
+    small = {"data.train_limit": 400, "data.test_limit": 200}
+    assert load_config(env={}, overrides=small).export.parity_images == 600
+    assert load_config(env={}, overrides={**small, "export.parity_images": 600}).export.parity_images == 600
+    assert load_config(env={}).export.parity_images == 1000
+
+
+@pytest.mark.parametrize(("fraction", "limit"), [(0.2, None), (0.5, 15), (0.85, 10), (0.15, 10), (0.25, 10)])
+def test_split_sizes_are_what_the_data_layer_loads(fraction: float, limit: int | None, cifar_files: dict[str, bytes], tmp_path: Path) -> None:
+    """The config refuses empty splits by counting them as job/data.py splits them (half to even included)."""
+    from job.data import load_dataset
+
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    for name, payload in cifar_files.items():
+        (batches / name).write_bytes(payload)
+    data = load_config(env={}, overrides={"data.source": str(tmp_path), "data.validation_fraction": fraction, "data.train_limit": limit}).data
+    loaded = load_dataset(data)
+    assert data.split_sizes() == (len(loaded.train_labels), len(loaded.val_labels), len(loaded.test_labels))
+
+
+def test_empty_set_value_unsets_what_the_file_set(tmp_path: Path) -> None:
+    file = tmp_path / "job.yaml"
+    file.write_text(f"data: {{checksum: md5:{'0' * 32}}}\n")
+    assert load_config(file, env={}, overrides=parse_sets(("data.checksum=",))).data.checksum is None
