@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +157,106 @@ def test_training_that_requires_a_gpu_fails_without_one_and_writes_nothing(real_
     assert result.exit_code == 7
     assert result.stderr.strip().splitlines()[-1].startswith("cifar-job: error: train.device=gpu: TensorFlow sees no GPU")
     assert not out.exists()
+
+
+# --- a tampered run directory, a diverging recipe, a full disk -----------------------------------
+
+
+def _tamper_train_json(run: Path) -> None:
+    (run / "train.json").write_text((run / "train.json").read_text()[:40])  # truncated
+
+
+def _wrong_shape_train_json(run: Path) -> None:
+    record = json.loads((run / "train.json").read_text())
+    (run / "train.json").write_text(json.dumps({**record, "epochs_run": "2"}))
+
+
+def _truncated_checkpoint(run: Path) -> None:
+    (run / "train.json").unlink()
+    checkpoint = run / "state" / "checkpoint.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100_000])
+
+
+def _object_array_checkpoint(run: Path) -> None:
+    """The state entry replaced by a pickled object array: loading it would unpickle."""
+    (run / "train.json").unlink()
+    checkpoint = run / "state" / "checkpoint.npz"
+    with np.load(checkpoint) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["state"] = np.array([{"epochs_done": 1}], dtype=object)
+    np.savez(checkpoint, **arrays)
+
+
+def _forged_state(run: Path) -> None:
+    (run / "train.json").unlink()
+    checkpoint = run / "state" / "checkpoint.npz"
+    with np.load(checkpoint) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    state = json.loads(str(arrays["state"]))
+    arrays["state"] = np.array(json.dumps({**state, "history": "not a list"}))
+    np.savez(checkpoint, **arrays)
+
+
+TAMPERED = {
+    "truncated train.json": (_tamper_train_json, "record {run}/train.json: not a record this version of cifar-job wrote"),
+    "train.json of the wrong shape": (_wrong_shape_train_json, "record {run}/train.json: not a record this version of cifar-job wrote (epochs_run"),
+    "truncated checkpoint": (_truncated_checkpoint, "checkpoint {run}/state/checkpoint.npz: unreadable"),
+    "checkpoint holding an object array": (_object_array_checkpoint, "checkpoint {run}/state/checkpoint.npz: unreadable"),
+    "checkpoint state of the wrong shape": (_forged_state, "checkpoint {run}/state/checkpoint.npz: not a record this version of cifar-job wrote (history"),
+}
+
+
+@pytest.mark.parametrize("kind", TAMPERED)
+def test_a_tampered_run_directory_is_one_line_naming_the_file_and_exit_5(trained: Path, real_archive: Path, tmp_path: Path, kind: str) -> None:
+    run = shutil.copytree(trained, tmp_path / "run")
+    tamper, message = TAMPERED[kind]
+    tamper(run)
+    result = CliRunner().invoke(main, _train_args(real_archive, run, "--epochs", "2"))
+    assert result.exit_code == 5, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cifar-job: error: " + message.format(run=run)) and "Traceback" not in result.stderr
+
+
+def test_a_loss_that_becomes_nan_fails_training_with_exit_13_and_keeps_the_last_good_epoch(real_archive: Path, tmp_path: Path) -> None:
+    """Weights poisoned in epoch 2 stand for a diverging recipe: that epoch is not saved and nothing claims success."""
+    import keras
+
+    from job.errors import TrainingDiverged
+    from job.paths import RunPaths
+    from job.train import train_model
+
+    run = tmp_path / "run"
+    checkpoint = run / "state" / "checkpoint.npz"
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch, self.saved = epoch, checkpoint.read_bytes() if epoch else b""
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if self.epoch == 1 and batch == 2:
+                bias = self.model.trainable_variables[-1]  # the output layer's: NaN reaches every probability
+                bias.assign(np.full(bias.shape, np.nan, np.float32))
+
+    poison = Poison()
+    overrides = {"out": str(run), "data.source": str(real_archive), "data.train_limit": 1500, "data.test_limit": 100, "train.epochs": 2}
+    with pytest.raises(TrainingDiverged, match=r"loss became non-finite in epoch 2 \(loss nan, val_loss nan\).*Epochs 1\.\.1 are kept"):
+        train_model(load_config(env={}, overrides=overrides), RunPaths(run), callbacks=[poison])
+    assert checkpoint.read_bytes() == poison.saved and not (run / "train.json").exists()
+    assert len(json.loads((run / "history.json").read_text())) == 1
+
+
+def test_a_full_disk_during_training_is_one_line_exit_12_and_leaves_nothing_partial(real_archive: Path, tmp_path: Path) -> None:
+    """--out on a real 1 MiB tmpfs (a private mount namespace): the 8.8 MB best weights cannot fit."""
+    out = tmp_path / "small"
+    out.mkdir()
+    # Mount, train, then list what the failed training left on the tmpfs (it vanishes with the namespace).
+    script = 'd=$1; shift; mount -t tmpfs -o size=1m tmpfs "$d" || exit 99; "$@"; rc=$?; echo LEFT; find "$d" -type f; exit $rc'
+    command = ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(out),
+               *_cli(*_train_args(real_archive, out / "run", "--epochs", "1"))]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 12, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cifar-job: error: file {out}/run/best.weights.h5: ") and "nothing was changed" in last
+    assert "Traceback" not in done.stderr
+    left = done.stdout.split("LEFT\n")[1].split()
+    assert left and not [f for f in left if ".tmp" in f or f.endswith(".h5")], left  # no partial weights, no temporary files
