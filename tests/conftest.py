@@ -65,3 +65,9 @@ def make_archive(tmp_path: Path, cifar_files: dict[str, bytes]) -> Callable[...,
         return write_archive(tmp_path / name, {k: v for k, v in files.items() if v is not None}, extra)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_archive(tmp_path_factory: pytest.TempPathFactory, cifar_files: dict[str, bytes]) -> Path:
+    """One valid synthetic archive shared by tests that only read it."""
+    return write_archive(tmp_path_factory.mktemp("synthetic") / "cifar.tar.gz", cifar_files)
