@@ -320,3 +320,61 @@ def test_empty_set_value_unsets_what_the_file_set(tmp_path: Path) -> None:
     file = tmp_path / "job.yaml"
     file.write_text(f"data: {{checksum: md5:{'0' * 32}}}\n")
     assert load_config(file, env={}, overrides=parse_sets(("data.checksum=",))).data.checksum is None
+
+
+# --- SIGTERM at any moment of the process: exit 75, at most one line ---------------------------------
+
+PREEMPTED_LINE = "cifar-job: error: SIGTERM received; finished stages and epochs are saved, rerun to resume\n"
+
+# The window is held open by the child itself and announced by a marker file, so the signal always lands in it.
+SHUTDOWN_WINDOW = """
+import sys, threading, time
+from pathlib import Path
+
+marker = Path(sys.argv[1])
+
+def outlive_main():  # a non-daemon thread: the interpreter waits for it after main() has exited
+    while threading.main_thread().is_alive():
+        time.sleep(0.01)
+    marker.touch()
+    time.sleep(60)
+
+threading.Thread(target=outlive_main).start()
+sys.argv[1:] = ["--version"]
+from job.cli import main
+main(prog_name="cifar-job")
+"""
+
+STARTUP_WINDOW = """
+import sys, time
+from pathlib import Path
+
+import job.cli  # the entry point's module, imported: main() has not started yet
+Path(sys.argv[1]).touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("window", [SHUTDOWN_WINDOW, STARTUP_WINDOW], ids=["interpreter shutdown", "start-up"])
+def test_sigterm_outside_a_command_exits_75_with_one_line(window: str, tmp_path: Path) -> None:
+    marker = tmp_path / "in-window"
+    proc = subprocess.Popen([sys.executable, "-c", window, str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marker.exists(), proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, stderr) == (75, PREEMPTED_LINE)
+    assert stdout == ("cifar-job, version 0.1.0\n" if window is SHUTDOWN_WINDOW else "")
+
+
+def test_a_finished_command_keeps_its_exit_code_and_output() -> None:
+    """The process ends through the CLI's own exit handler: output flushed, status kept."""
+    ok = subprocess.run([sys.executable, "-m", "job", "--version"], capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "cifar-job, version 0.1.0\n", "")
+    bad = subprocess.run([sys.executable, "-m", "job", "train", "--epochs", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == ""
