@@ -53,8 +53,8 @@ def is_url(source: str) -> bool:
 def cached_download(url: str, checksum: str | None, cache_dir: Path, max_bytes: int, verify: Callable[[Path, str], T]) -> T:
     """`verify(path, shown_url)` of the cached copy of `url`, downloading it first if needed."""
     shown = redact_url(url)
-    if urlsplit(url).scheme.lower() not in ("http", "https") or not _host(url):
-        raise DataError(f"data {shown}: only http:// and https:// URLs with a host are supported")
+    if not _is_http(url):
+        raise DataError(f"data {shown}: only well-formed http:// and https:// URLs with a host are supported")
     target = cache_dir / hashlib.sha256(f"{url}\n{checksum or ''}".encode()).hexdigest() / _file_name(url)
     if target.is_file():
         try:
@@ -80,11 +80,12 @@ def cached_download(url: str, checksum: str | None, cache_dir: Path, max_bytes: 
                 target.parent.rmdir()
 
 
-def _host(url: str) -> str | None:
+def _is_http(url: str) -> bool:
     try:
-        return urlsplit(url).hostname
-    except ValueError:
-        return None
+        parts = urlsplit(url)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # bad IPv6 literal, port out of range
+        return False
 
 
 def _file_name(url: str) -> str:
