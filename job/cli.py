@@ -87,11 +87,11 @@ class _JobGroup(click.Group):
         if args is None:
             atexit.register(_Process.end)  # before the command registers its own exit handlers, so it runs after them
         try:
-            try:
-                return super().main(args, **kwargs)
-            except Preempted as e:  # raised after the command's error handling ended: still this one line and code
-                click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
-                sys.exit(e.exit_code)
+            return super().main(args, **kwargs)
+        except Preempted as e:  # raised after the command's error handling ended: still this one line and code
+            click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
+            _Process.exit_status = e.exit_code
+            raise SystemExit(e.exit_code) from None
         except SystemExit as e:
             _Process.exit_status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
             raise
@@ -101,7 +101,6 @@ class _JobGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EXPECTED_FAILURES as e:
-            _Process.command_running = False
             click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
         finally:
