@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+from export.modelfile import metadata
 from export.onnx import TRAINING_ONLY_OPS
 from job.cli import main
 from job.config import load_config
@@ -145,3 +146,20 @@ def test_corrupt_weights_are_a_clear_error(copy: Path, real_archive: Path) -> No
     assert result.exit_code == 5
     assert result.stderr.strip().splitlines()[-1].startswith(f"cifar-job: error: weights {weights}: cannot load into reference_cnn (")
     assert (copy / "model.onnx").read_bytes() == before
+
+
+def test_export_refuses_data_the_weights_were_not_trained_on(copy: Path, make_archive) -> None:
+    """The same config over another archive: the model's metadata would name data it never saw."""
+    before = (copy / "model.onnx").read_bytes()
+    other = make_archive()
+    result = CliRunner().invoke(main, ["export", "--data", str(other), "--checksum", "none", "--out", str(copy), *SLICE])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"cifar-job: error: data {other}: not the data set {copy} was trained on (fingerprints differ); export with the same data"
+    )
+    assert (copy / "model.onnx").read_bytes() == before
+
+
+def test_the_model_records_the_fingerprint_of_its_training_data(exported: Path) -> None:
+    fingerprint = json.loads((exported / "train.json").read_text())["dataset_fingerprint"]
+    assert len(fingerprint) == 64 and metadata(onnx.load(exported / "model.onnx"))["dataset_fingerprint"] == fingerprint

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from export.publish import versions
+from export.repository import versions
 from job.cli import main
 
 from .conftest import REAL_SHA256
