@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real servers and tools the tests start themselves on 127.0.0.1, as command -> Debian package:
-# Prometheus and promtool, the Pushgateway, and npm (Helm 3 binary, Prometheus Operator schemas).
-declare -A PACKAGE_OF=([prometheus]=prometheus [promtool]=prometheus [prometheus-pushgateway]=prometheus-pushgateway [npm]=npm)
+# Prometheus and promtool, the Pushgateway, htpasswd (its basic-auth users), npm (Helm 3 binary,
+# Prometheus Operator schemas), and unshare (a private tmpfs for the full-disk tests).
+declare -A PACKAGE_OF=([prometheus]=prometheus [promtool]=prometheus [prometheus-pushgateway]=prometheus-pushgateway
+                       [htpasswd]=apache2-utils [npm]=npm [unshare]=util-linux)
 missing=()
 for command in "${!PACKAGE_OF[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$command]}")
