@@ -34,6 +34,7 @@ from yaml.resolver import Resolver
 
 from job.atomic import atomic_write
 from job.errors import ConfigError
+from job.redact import redact_url
 
 CANONICAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CANONICAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -50,9 +51,9 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"  # Pushgateway grouping-key values:
 
 
 def excerpt(value: Any) -> str:
-    """`repr(value)`, cut to EXCERPT characters: messages never echo a large or hostile input whole."""
+    """`repr(value)`, cut to EXCERPT characters: messages never echo a large or hostile input whole, nor a URL's password."""
     if isinstance(value, str):
-        value = value[: EXCERPT + 1]
+        value = (redact_url(value) if "://" in value else value)[: EXCERPT + 1]
     try:
         text = repr(value)
     except ValueError:  # an integer with more digits than Python prints
