@@ -51,14 +51,27 @@ def pickle_target(data: bytes) -> None:
 
 
 def archive_target(data: bytes) -> None:
-    """0: the input is the .tar.gz; 1: the input is a tar stream, gzipped here (reaches the tar layer)."""
+    """0: the input is the .tar.gz; 1: a tar stream, gzipped here; 2: the same with every ustar
+    header checksum made valid first, so mutations reach the layers behind the checksum."""
     if not data:
         return
-    payload = data[1:] if data[0] & 1 == 0 else gzip.compress(data[1:], compresslevel=0, mtime=0)
+    mode, body = data[0] % 3, data[1:]
+    if mode == 2:
+        body = _fix_checksums(body)
+    payload = body if mode == 0 else gzip.compress(body, compresslevel=0, mtime=0)
     try:
         read_members(io.BytesIO(payload), MEMBERS, {"cifar-10-batches-py"}, 8192)
     except ArchiveError:
         pass
+
+
+def _fix_checksums(tar: bytes) -> bytes:
+    blocks = bytearray(tar)
+    for at in range(0, len(blocks) - 511, 512):
+        if blocks[at + 257 : at + 262] == b"ustar":
+            blocks[at + 148 : at + 156] = b" " * 8
+            blocks[at + 148 : at + 156] = b"%06o\0 " % sum(blocks[at : at + 512])
+    return bytes(blocks)
 
 
 def pickle_seeds() -> list[bytes]:
@@ -79,7 +92,7 @@ def archive_seeds() -> list[bytes]:
             tar.addfile(_info("cifar-10-batches-py", tarfile.DIRTYPE, 0))
             for name, content in files.items():
                 tar.addfile(_info(f"cifar-10-batches-py/{name}", tarfile.REGTYPE, len(content), fmt), io.BytesIO(content))
-        seeds += [b"\0" + gzip.compress(raw.getvalue(), mtime=0), b"\1" + raw.getvalue()]
+        seeds += [b"\0" + gzip.compress(raw.getvalue(), mtime=0), b"\1" + raw.getvalue(), b"\2" + raw.getvalue()]
     return seeds
 
 
