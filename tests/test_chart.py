@@ -109,7 +109,7 @@ def test_every_value_is_typed_and_documented() -> None:
                 walk(value, child, f"{path}{key}.")
 
     walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
-    assert sorted(schema["properties"]["config"]["properties"]) == sorted(SECTION_NAMES)
+    assert {"out", *SECTION_NAMES} == schema["properties"]["config"]["properties"].keys()  # generated: tests/test_chart_schema.py
 
 
 @pytest.mark.parametrize("env", VALUE_FILES)
