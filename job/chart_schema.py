@@ -53,6 +53,8 @@ def config_schema() -> dict[str, Any]:
     for key, source in CHART_SETS.items():
         *section, leaf = key.split(".")
         node = schema["properties"][section[0]] if section else schema
+        if leaf not in node["properties"]:
+            raise ValueError(f"CHART_SETS names {key}, which job/config.py no longer has: update it and templates/job.yaml")
         node["properties"][leaf] = {"description": f"Set by the chart from {source}; not allowed here.", "not": {}}
     undescribed = [name for name, node in schema["properties"].items() if not node.get("description")]
     if undescribed:
