@@ -18,22 +18,23 @@ from typing import Any
 
 import numpy as np
 
-from export.modelfile import BATCH_DIM, load_onnx, set_metadata, sha256, sha256_file
+from export.modelfile import load_onnx, set_metadata, sha256, sha256_file, sha256_of
 from export.session import open_session, predict
 from job.atomic import atomic_write
 from job.config import Config
-from job.data import CifarData, load_dataset, scale
+from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_LAYOUT, INPUT_NAME, INPUT_SCALING, OUTPUT_MEANING, OUTPUT_NAME, scale
+from job.data import CifarData, load_dataset
 from job.errors import ConfigError, DataError, ExportError, ModelFileError
 from job.fingerprint import dataset_fingerprint
-from job.model import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, build_model
+from job.model import build_model
 from job.paths import RunPaths
+from job.records import read_marker
+from job.stage import Stage
 
 log = logging.getLogger(__name__)
 
 # Ops that only make sense while training; none may reach a serving graph.
 TRAINING_ONLY_OPS = frozenset({"Dropout", "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Multinomial"})
-INPUT_LAYOUT = f"float32 NHWC [{BATCH_DIM}, {', '.join(map(str, INPUT_SHAPE))}], RGB"
-INPUT_SCALING = "uint8 pixel / 255, so every value is in [0, 1]"
 PARITY_BATCH = 256
 
 
@@ -100,20 +101,18 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
 def _require_trained(config: Config, paths: RunPaths) -> str:
     """The weights must come from a finished training of this very config, or the metadata would lie.
 
-    Returns the fingerprint of the data set they were trained on.
+    Returns the fingerprint of the data set they were trained on (train.json records both).
     """
-    from job.train import TrainResult
-
-    if not paths.train_result.exists() or not paths.best_weights.exists():
+    done = read_marker(paths.train_result)
+    trained, fingerprint = done.get("config_digest"), done.get("dataset_fingerprint")
+    if not (isinstance(trained, str) and isinstance(fingerprint, str) and paths.best_weights.is_file()):
         raise ModelFileError(f"run directory {paths.root}: no finished training (train.json, best.weights.h5); run `cifar-job train` first")
-    done = TrainResult.load(paths)
-    trained = done.config_digest
     if trained != config.training_digest():
         raise ConfigError(
             f"run directory {paths.root}: trained with a different training config (digest {trained[:12]}, "
             f"now {config.training_digest()[:12]}); export with the config it was trained with"
         )
-    return done.dataset_fingerprint
+    return fingerprint
 
 
 def _load_keras(config: Config, paths: RunPaths) -> Any:
@@ -130,7 +129,7 @@ def _convert(model: Any, opset: int) -> Any:
     import tensorflow as tf
     import tf2onnx
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name=INPUT_NAME)])
+    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name=INPUT_NAME)])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {OUTPUT_NAME: model(images, training=False)}
 
@@ -141,7 +140,7 @@ def _convert(model: Any, opset: int) -> Any:
     for value in (*proto.graph.input, *proto.graph.output):  # tf2onnx names it unk__NN
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
     proto.graph.name = model.name
-    proto.doc_string = f"CIFAR-10 classifier {model.name}: {INPUT_NAME} {INPUT_LAYOUT} -> {OUTPUT_NAME} [{BATCH_DIM}, {NUM_CLASSES}]"
+    proto.doc_string = f"CIFAR-10 classifier {model.name}: {INPUT_NAME} {INPUT_LAYOUT} -> {OUTPUT_NAME} [{BATCH_DIM}, {CLASS_COUNT}]"
     return proto
 
 
@@ -154,7 +153,7 @@ def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str, 
         "input_layout": INPUT_LAYOUT,
         "input_scaling": INPUT_SCALING,
         "output_name": OUTPUT_NAME,
-        "output_meaning": f"softmax probabilities [{BATCH_DIM}, {NUM_CLASSES}], columns in class_names order",
+        "output_meaning": OUTPUT_MEANING,
         "architecture": _architecture(model),
         "parameters": str(model.count_params()),
         "onnx_opset": str(config.export.opset),
@@ -230,3 +229,16 @@ def _parity(model: Any, blob: bytes, images: np.ndarray, atol: float) -> tuple[f
             f"(export.parity_atol = {atol:.0e}), top class differs on {disagree}; model.onnx not written"
         )
     return max_diff, len(images)
+
+
+def is_exported(config: Config, paths: RunPaths) -> bool:
+    """export.json made with these settings from the current best weights, and the model.onnx it wrote."""
+    marker = read_marker(paths.export_result)
+    return (
+        marker.get("settings") == config.export.model_dump(mode="json")
+        and marker.get("weights_sha256") == sha256_of(paths.best_weights)
+        and marker.get("onnx_sha256") == sha256_of(paths.onnx)
+    )
+
+
+STAGE = Stage("export", run=lambda inputs: export_onnx(inputs.config, inputs.paths, inputs.data()), is_complete=is_exported)

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from job.errors import ModelFileError
-from job.model import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     import onnx
-
-BATCH_DIM = "N"  # the symbolic name of the dynamic batch dimension in input and output
 
 
 def read_model(path: Path) -> bytes:
@@ -49,7 +47,7 @@ def check_signature(model: onnx.ModelProto, where: str) -> None:
     """One float32 input `images` [N, 32, 32, 3] and one float32 output `probabilities` [N, 10], N dynamic."""
     import onnx
 
-    expected = {"input": (INPUT_NAME, (None, *INPUT_SHAPE)), "output": (OUTPUT_NAME, (None, NUM_CLASSES))}
+    expected = {"input": (INPUT_NAME, (None, *IMAGE_SHAPE)), "output": (OUTPUT_NAME, (None, CLASS_COUNT))}
     for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
         name, shape = expected[kind]
         want = f"one float32 {kind} {name!r} of shape {_shape_text(shape)}"
@@ -93,3 +91,8 @@ def sha256(data: bytes) -> str:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_of(path: Path) -> str | None:
+    """The file's sha256, or None when there is no such file: for comparing against a marker."""
+    return sha256_file(path) if path.is_file() else None

@@ -20,15 +20,17 @@ from typing import Any
 
 from export import repository
 from export.gate import GateResult, judge
-from export.modelfile import load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_file
+from export.modelfile import load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_file, sha256_of
 from export.repository import MODEL_FILE, SIDECAR
 from export.scores import Measurement, measure, test_set_record
 from job.atomic import atomic_write, storage_errors
 from job.config import Config
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError
-from job.model import INPUT_NAME, OUTPUT_NAME
+from job.contract import INPUT_NAME, OUTPUT_NAME
 from job.paths import RunPaths
+from job.records import read_marker
+from job.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +152,15 @@ def _sidecar(
             "versions": metadata_json(meta, "versions"),
         },
     }
+
+
+def is_published(config: Config, paths: RunPaths) -> bool:
+    """publish.json of the run's current model.onnx, and that version still in the configured repository, unchanged."""
+    marker = read_marker(paths.publish_result)
+    if marker.get("validated_sha256") != sha256_of(paths.onnx) or not isinstance(marker.get("directory"), str):
+        return False
+    where = Path(marker["directory"])
+    return where.parent == config.publish.root / config.publish.model_name and marker.get("sha256") == sha256_of(where / MODEL_FILE)
+
+
+STAGE = Stage("publish", run=lambda inputs: publish_model(inputs.config, inputs.paths, inputs.data()), is_complete=is_published)

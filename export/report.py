@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from export.gate import GateResult
 from export.modelfile import metadata_json
+from export.scores import Measurement
 from job.atomic import atomic_path, atomic_write
 from job.paths import RunPaths
-
-if TYPE_CHECKING:
-    from export.validate import ValidationResult
 
 SCHEMA_VERSION = 1
 
 
-def write_reports(result: ValidationResult, meta: dict[str, str], paths: RunPaths) -> dict[str, Any]:
-    document = metrics_document(result, meta)
+def write_reports(result: Measurement, test_set: dict[str, Any], gate: GateResult, meta: dict[str, str], paths: RunPaths) -> dict[str, Any]:
+    document = metrics_document(result, test_set, gate, meta)
     plot_confusion(result, paths)
     atomic_write(paths.model_card, model_card(document, meta))
     atomic_write(paths.metrics_json, json.dumps(document, indent=2) + "\n")
     return document
 
 
-def metrics_document(result: ValidationResult, meta: dict[str, str]) -> dict[str, Any]:
+def metrics_document(result: Measurement, test_set: dict[str, Any], gate: GateResult, meta: dict[str, str]) -> dict[str, Any]:
     """The content of metrics.json; keys are a stable interface (bump SCHEMA_VERSION to change them)."""
     latencies_ms = np.asarray(result.batch_latencies_s) * 1000
     return {
@@ -46,7 +45,7 @@ def metrics_document(result: ValidationResult, meta: dict[str, str]) -> dict[str
             "dataset_sha256": meta.get("dataset_sha256", ""),
             "weights_sha256": meta.get("weights_sha256", ""),
         },
-        "data": {**result.test_set, "images": result.images},
+        "data": {**test_set, "images": result.images},
         "class_names": list(result.class_names),
         "accuracy": result.accuracy,
         "macro_f1": result.macro_f1,
@@ -65,7 +64,7 @@ def metrics_document(result: ValidationResult, meta: dict[str, str]) -> dict[str
             },
             "per_image_latency_ms": float(latencies_ms.sum() / result.images),
         },
-        "gate": result.gate.to_json(),
+        "gate": gate.to_json(),
         "duration_s": result.duration_s,
     }
 
@@ -150,7 +149,7 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(result: ValidationResult, paths: RunPaths) -> None:
+def plot_confusion(result: Measurement, paths: RunPaths) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from job.data import scale
+from job.contract import INPUT_NAME, OUTPUT_NAME, scale
 from job.errors import DeviceUnavailable, ModelFileError
-from job.model import INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -14,11 +14,13 @@ from typing import Any
 
 from export import report
 from export.gate import GateResult, judge
-from export.modelfile import load_onnx, metadata, read_model
+from export.modelfile import load_onnx, metadata, read_model, sha256_of
 from export.scores import Measurement, measure, test_set_record
 from job.config import Config
 from job.data import CifarData, load_dataset
 from job.paths import RunPaths
+from job.records import read_marker
+from job.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,20 @@ def validate_model(config: Config, paths: RunPaths, data: CifarData | None = Non
     fields = {f.name: getattr(measured, f.name) for f in dataclasses.fields(Measurement)}
     result = ValidationResult(**fields, test_set=test_set, gate=gate)
     paths.begin(config)
-    report.write_reports(result, meta, paths)
+    report.write_reports(measured, test_set, gate, meta, paths)
     log.info(result.summary())
     return result
+
+
+def is_validated(config: Config, paths: RunPaths) -> bool:
+    """metrics.json measured on the run's current model.onnx."""
+    model = read_marker(paths.metrics_json).get("model")
+    return isinstance(model, dict) and model.get("sha256") == sha256_of(paths.onnx)
+
+
+STAGE = Stage(
+    "validate",
+    run=lambda inputs: validate_model(inputs.config, inputs.paths, inputs.data()),
+    is_complete=is_validated,
+    check=lambda result: result.gate.enforce(),
+)

@@ -125,13 +125,16 @@ def main(log_level: str) -> None:
 
 # Flags for the most common keys; any other key goes through --set section.key=value.
 _FLAG_KEYS = {
-    "out": "out",
-    "data": "data.source",
-    "checksum": "data.checksum",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "seed": "train.seed",
-    "device": "validate.device",  # declared by the commands that validate (see the ONNX block below)
+    "out": ("out",),
+    "data": ("data.source",),
+    "checksum": ("data.checksum",),
+    "epochs": ("train.epochs",),
+    "batch_size": ("train.batch_size",),
+    "seed": ("train.seed",),
+    # --device, declared by each command that uses a device (below), sets the device of what it runs.
+    "train_device": ("train.device",),
+    "validate_device": ("validate.device",),
+    "device": ("train.device", "validate.device"),
 }
 
 
@@ -149,7 +152,7 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set train.patience=3 (repeatable).")
     @functools.wraps(command)
     def wrapper(config_file: Path | None, sets: tuple[str, ...], **kwargs: Any) -> Any:
-        flags = {_FLAG_KEYS[name]: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS}
+        flags = {key: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS for key in _FLAG_KEYS[name]}
         overrides = {key: value for key, value in flags.items() if value is not None}  # None: the flag was not given
         overrides.update(parse_sets(sets))
         return command(config=load_config(config_file, overrides=overrides), **kwargs)
@@ -162,18 +165,32 @@ def _prepare(config: Config) -> RunPaths:
     return RunPaths(config.out).check_writable()
 
 
+def _device_option(dest: str, what: str) -> Callable[..., Any]:
+    return click.option(
+        "--device", dest, type=click.Choice(["auto", "gpu", "cpu"]),
+        help=f"Device for {what}: auto (GPU if one works, else CPU with a warning), gpu (or fail, exit 7), cpu.  [default: auto]",
+    )  # fmt: skip
+
+
+def _run_one(config: Config, name: str) -> None:
+    """One stage as its own command, through the same runner as `run`: metrics session, record, summary, verdict."""
+    from job.stage import StageInputs
+    from job.stages import BY_NAME, run_stage
+
+    with RunMetrics.session(config, name) as metrics:
+        inputs = StageInputs(config, _prepare(config), training_callbacks=lambda: [metrics.keras_callback()])
+        run_stage(BY_NAME[name], inputs, metrics, report=lambda result: click.echo(result.summary()))
+
+
 @main.command()
+@_device_option("train_device", "training")
 @config_options
 def train(config: Config) -> None:
     """Train the model; keep the best weights, history and plots in the run directory.
 
     Rerun with the same --out to resume from the last complete epoch.
     """
-    from job.train import train_model
-
-    with RunMetrics.session(config, "train") as metrics, metrics.stage("train"):
-        result = train_model(config, _prepare(config), callbacks=[metrics.keras_callback()])
-    click.echo(result.summary())
+    _run_one(config, "train")
 
 
 @main.group()
@@ -193,55 +210,31 @@ def data_verify(config: Config) -> None:
 
 # --- ONNX export, validation, quality gate, publishing, and the end-to-end run ----------------
 
-_device_option = click.option(
-    "--device",
-    type=click.Choice(["auto", "gpu", "cpu"]),
-    help="onnxruntime execution provider: auto (CUDA, else CPU with a warning), gpu (CUDA or fail), cpu.  [default: auto]",
-)
-
-
-def _one_stage(config: Config, stage: str, work: Callable[[Config, RunPaths], Any], verdict: Callable[[Any], None] = lambda _: None) -> None:
-    """One stage as its own command: its metrics session, its result recorded and printed, then `verdict`.
-
-    `verdict` runs inside the session so that a failure it raises is the outcome pushed.
-    """
-    with RunMetrics.session(config, stage) as metrics, metrics.stage(stage):
-        result = work(config, _prepare(config))
-        metrics.record(stage, result)
-        click.echo(result.summary())
-        verdict(result)
-
-
 @main.command("export")
 @config_options
 def export_command(config: Config) -> None:
     """Convert the best weights to ONNX (model.onnx) and prove it matches Keras on real images."""
-    from export.onnx import export_onnx
-
-    _one_stage(config, "export", export_onnx)
+    _run_one(config, "export")
 
 
 @main.command()
-@_device_option
+@_device_option("validate_device", "onnxruntime")
 @config_options
 def validate(config: Config) -> None:
     """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate."""
-    from export.validate import validate_model
-
-    _one_stage(config, "validate", validate_model, verdict=lambda result: result.gate.enforce())
+    _run_one(config, "validate")
 
 
 @main.command()
+@_device_option("validate_device", "onnxruntime")
 @config_options
 def publish(config: Config) -> None:
-    """Publish the validated model as the next version under publish.root, if it passes the gate."""
-    from export.publish import publish_model
-
-    _one_stage(config, "publish", publish_model)
+    """Measure the run's model.onnx again and publish it as the next version under publish.root, if it passes the gate."""
+    _run_one(config, "publish")
 
 
 @main.command()
-@_device_option
+@_device_option("device", "training and onnxruntime")
 @config_options
 def run(config: Config) -> None:
     """Train, export, validate and publish in one go (the container's default).
@@ -251,8 +244,7 @@ def run(config: Config) -> None:
     from job.stages import run_stages
 
     with RunMetrics.session(config, "run") as metrics:
-        for stage, result in run_stages(config, _prepare(config), metrics):
-            click.echo(f"{stage}: {result.summary()}")
+        run_stages(config, _prepare(config), metrics, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
 
 
 # --- Kubernetes: render, submit, follow and clean up the training Job (job/cluster.py) ----------

@@ -241,10 +241,16 @@ class Config(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
     def training_digest(self) -> str:
-        """sha256 of everything that determines the trained weights (data, model, train)."""
+        """sha256 of the settings that determine the trained weights (data, model, train).
+
+        Where the data comes from and how it is verified are left out: the data set's content is
+        bound separately, by its fingerprint (job/fingerprint.py).
+        """
         d = self.to_dict()
         relevant = {k: d[k] for k in ("data", "model", "train")}
-        relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in ("cache_dir", "source")}
+        where_and_how = ("cache_dir", "source", "checksum", "max_archive_bytes")
+        relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in where_and_how}
+        relevant["train"] = {k: v for k, v in relevant["train"].items() if k != "device"}  # a resumed run may move
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
     def write(self, path: Path) -> None:

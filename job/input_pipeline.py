@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from job.config import TrainConfig
-from job.data import NUM_CLASSES
+from job.contract import CLASS_COUNT, PIXEL_MAX
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -30,7 +30,7 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, f
 
     n = len(labels)
     x = tf.constant(images)
-    y = tf.one_hot(tf.constant(labels), NUM_CLASSES)
+    y = tf.one_hot(tf.constant(labels), CLASS_COUNT)
     starts = tf.range(0, n, cfg.batch_size, dtype=tf.int64)
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
@@ -38,7 +38,7 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, f
 
         def batch_at(start: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             idx = order[start : start + cfg.batch_size]
-            images = tf.cast(tf.gather(x, idx), tf.float32) / 255.0
+            images = tf.cast(tf.gather(x, idx), tf.float32) / PIXEL_MAX
             if cfg.augment:
                 seed = tf.stack([cfg.seed, epoch * 1_000_003 + start])
                 images = augment(images, cfg, seed)
@@ -54,8 +54,8 @@ def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) 
     """Scaled, one-hot, in order, cached after the first pass."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, NUM_CLASSES))).batch(batch_size)
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).cache().prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, CLASS_COUNT))).batch(batch_size)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32) / PIXEL_MAX, y)).cache().prefetch(tf.data.AUTOTUNE)
 
 
 def augment(images: tf.Tensor, cfg: TrainConfig, seed: tf.Tensor) -> tf.Tensor:

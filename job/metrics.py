@@ -36,7 +36,7 @@ from job.pushgateway import Pushgateway, PushFailed
 if TYPE_CHECKING:
     import keras
 
-    from export.onnx import ExportResult
+    from export.convert import ExportResult
     from export.validate import ValidationResult
 
 log = logging.getLogger(__name__)

@@ -60,3 +60,17 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """A completion marker's JSON object; {} when missing, unreadable or of another shape.
+
+    For "is this stage complete?" only: an unreadable marker means "no", and the stage, when
+    it runs, reads its inputs strictly and names any corrupt file.
+    """
+    try:
+        with open(path, "rb") as f:
+            marker = json.loads(f.read(MAX_RECORD_BYTES + 1))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return marker if isinstance(marker, dict) else {}

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
 from job.atomic import atomic_path, atomic_write
@@ -36,7 +35,8 @@ from job.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError
 from job.fingerprint import dataset_fingerprint
 from job.history import write_history
 from job.paths import RunPaths
-from job.records import parse_record, read_record
+from job.records import parse_record, read_marker, read_record
+from job.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         raise DataError(f"data {data.source}: not the data set the checkpoint in {paths.root} was trained on; resume with the same data or use a new --out")
     state.dataset_fingerprint = fingerprint
 
+    import keras
     import tensorflow as tf
 
     strategy, devices = _strategy(tf, config.train.device)
@@ -118,19 +119,19 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         log.info("resuming after epoch %d (best val_loss %.4f at epoch %d)", state.epochs_done, state.best_val_loss, state.best_epoch)
 
     train_cfg = config.train
-    from job import pipeline
+    from job import input_pipeline
 
-    steps = pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
-    tracker = _EpochTracker(state, paths, train_cfg.patience, train_cfg.min_delta)
+    steps = input_pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
+    tracker = _EpochTracker(model, state, paths, train_cfg.patience, train_cfg.min_delta)
     if not state.stopped_early and state.epochs_done < train_cfg.epochs:
         with _sigterm_raises_preempted(tracker):
             model.fit(
-                pipeline.training_dataset(data.train_images, data.train_labels, train_cfg, state.epochs_done),
-                validation_data=pipeline.evaluation_dataset(data.val_images, data.val_labels, train_cfg.batch_size),
+                input_pipeline.training_dataset(data.train_images, data.train_labels, train_cfg, state.epochs_done),
+                validation_data=input_pipeline.evaluation_dataset(data.val_images, data.val_labels, train_cfg.batch_size),
                 epochs=train_cfg.epochs,
                 initial_epoch=state.epochs_done,
                 steps_per_epoch=steps,
-                callbacks=[tracker, *callbacks],
+                callbacks=[tracker.keras_callback(), *callbacks],
                 shuffle=False,  # the pipeline shuffles, seeded per epoch
                 verbose=1 if sys.stdout.isatty() else 2,
             )
@@ -167,6 +168,8 @@ def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
 
 
 def _compiled_model(config: Config) -> Any:
+    import keras
+
     from job.model import build_model
 
     cfg = config.train
@@ -239,18 +242,27 @@ def _checkpoint(file: Path) -> Iterator[Any]:
 # --- the callback that owns early stopping, best weights and the checkpoint -----------------
 
 
-class _EpochTracker(keras.callbacks.Callback):
+class _EpochTracker:
     """Early stopping with persisted state; best weights and the resume checkpoint every epoch.
 
     Keras' own EarlyStopping keeps its state in memory only, so a resumed run would forget
     its patience count and its best weights.
     """
 
-    def __init__(self, state: TrainState, paths: RunPaths, patience: int, min_delta: float):
-        super().__init__()
-        self.state, self.paths, self.patience, self.min_delta = state, paths, patience, min_delta
+    def __init__(self, model: Any, state: TrainState, paths: RunPaths, patience: int, min_delta: float):
+        self.model, self.state, self.paths, self.patience, self.min_delta = model, state, paths, patience, min_delta
         self.preempted = False
         self.inference_model: Any = None
+
+    def keras_callback(self) -> Any:
+        import keras
+
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=self.on_epoch_begin,
+            on_epoch_end=self.on_epoch_end,
+            on_train_batch_end=self.on_batch_end,
+            on_test_batch_end=self.on_batch_end,
+        )
 
     def _save_best_weights(self) -> None:
         """Model weights only (no optimizer state): what export and serving load."""
@@ -263,11 +275,9 @@ class _EpochTracker(keras.callbacks.Callback):
         with atomic_path(self.paths.best_weights, suffix=".tmp.weights.h5") as tmp:  # Keras insists on the suffix
             self.inference_model.save_weights(tmp)
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.preempted:
             raise Preempted(f"SIGTERM during epoch {self.state.epochs_done + 1}; epochs 1..{self.state.epochs_done} are saved, rerun to resume")
-
-    on_test_batch_end = on_train_batch_end
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch_started = time.monotonic()
@@ -331,3 +341,16 @@ def _sigterm_raises_preempted(tracker: _EpochTracker) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def is_trained(config: Config, paths: RunPaths) -> bool:
+    """train.json of this very training config, beside the best weights it describes."""
+    marker = read_marker(paths.train_result)
+    return marker.get("config_digest") == config.training_digest() and paths.best_weights.is_file()
+
+
+STAGE = Stage(
+    "train",
+    run=lambda inputs: train_model(inputs.config, inputs.paths, inputs.training_callbacks(), inputs.data()),
+    is_complete=is_trained,
+)

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from job.contract import INPUT_LAYOUT, INPUT_SCALING, OUTPUT_MEANING, PIXEL_MAX
+
 
 def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = "probabilities", trained_on: str = "") -> onnx.ModelProto:
     """images [N, 32, 32, 3] -> softmax(mean colour @ weights + bias) [N, 10]; `trained_on` is the data set's fingerprint,
@@ -37,9 +39,9 @@ def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = 
     for key, value in {
         "class_names": json.dumps(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]),
         "architecture": "mean_colour: ReduceMean -> MatMul -> Softmax (test model)",
-        "input_layout": "float32 NHWC [N, 32, 32, 3], RGB",
-        "input_scaling": "uint8 pixel / 255, so every value is in [0, 1]",
-        "output_meaning": "softmax probabilities [N, 10], columns in class_names order",
+        "input_layout": INPUT_LAYOUT,
+        "input_scaling": INPUT_SCALING,
+        "output_meaning": OUTPUT_MEANING,
         "dataset_fingerprint": trained_on,
     }.items():
         model.metadata_props.add(key=key, value=value)
@@ -55,7 +57,7 @@ def fit_mean_colour(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
 
 
 def mean_colours(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float64) / 255.0).mean(axis=(1, 2))
+    return (images.astype(np.float64) / PIXEL_MAX).mean(axis=(1, 2))
 
 
 def predict_numpy(images: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from export.modelfile import metadata
-from export.onnx import TRAINING_ONLY_OPS
+from export.convert import TRAINING_ONLY_OPS
 from job.cli import main
 from job.config import load_config
-from job.data import load_dataset, scale
+from job.contract import scale
+from job.data import load_dataset
 
 from .conftest import CLASS_NAMES, REAL_SHA256
 

@@ -34,7 +34,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from export.gate import check_gate
-from export.onnx import ExportResult
+from export.convert import ExportResult
 from export.scores import classification_scores, confusion_matrix
 from export.validate import ValidationResult
 from job.config import Config, GateConfig, load_config

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from job.cli import main
 from job.config import load_config
-from job.pipeline import training_dataset
+from job.input_pipeline import training_dataset
 
 SLICE = ["--set", "data.train_limit=1500", "--set", "data.test_limit=100"]
 

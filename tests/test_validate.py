@@ -19,7 +19,8 @@ from export.session import open_session
 from export.validate import validate_model
 from job.cli import main
 from job.config import load_config
-from job.data import load_dataset, scale
+from job.contract import scale
+from job.data import load_dataset
 from job.errors import DataError, DeviceUnavailable, GateFailed, ModelFileError
 from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
