@@ -101,6 +101,20 @@ class TrainingDiverged(JobError):
     reason = "diverged"
 
 
+class ClusterJobNotFound(JobError):
+    """The named Job is not in the namespace: never created there, deleted, or removed by its TTL."""
+
+    exit_code = 14
+    reason = "job_not_found"
+
+
+class ClusterServerError(JobError):
+    """The API server failed the request (HTTP 5xx): the cluster's trouble, not the command's; a later retry may work."""
+
+    exit_code = 15
+    reason = "cluster_server_error"
+
+
 class Preempted(BaseException):
     """SIGTERM arrived: finished stages and epochs are saved; rerun to resume.
 
@@ -118,7 +132,8 @@ class Preempted(BaseException):
 EXPECTED_FAILURES = (JobError, Preempted)
 
 
-# Codes no retry can fix; the Job's podFailurePolicy fails at once on these.
+# Codes no retry can fix; the Job's podFailurePolicy fails at once on these. The `k8s` commands' codes
+# (8-11, 14, 15) are the submitting CLI's, never a pod's, so they are not listed.
 NON_RETRYABLE_EXIT_CODES = tuple(
     sorted(e.exit_code for e in (
         ConfigError, DataError, ExportError, ModelFileError, GateFailed, DeviceUnavailable, StorageFull, TrainingDiverged
