@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from job.errors import ModelFileError
 from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from job.errors import ModelFileError
 
 if TYPE_CHECKING:
     import onnx

@@ -25,9 +25,9 @@ from export.repository import MODEL_FILE, SIDECAR
 from export.scores import Measurement, measure, test_set_record
 from job.atomic import atomic_write, storage_errors
 from job.config import Config
+from job.contract import INPUT_NAME, OUTPUT_NAME
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError
-from job.contract import INPUT_NAME, OUTPUT_NAME
 from job.paths import RunPaths
 from job.records import read_marker
 from job.stage import Stage

@@ -9,8 +9,11 @@ but plain values and that one array.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from job.contract import CLASS_COUNT, IMAGE_SHAPE
 from job.errors import DataError
 from job.safe_pickle import Refused, load_dict
 
@@ -20,8 +23,7 @@ TEST_BATCH = "test_batch"
 META = "batches.meta"
 README = "readme.html"
 IMAGES_PER_BATCH = 10_000
-NUM_CLASSES = 10
-PIXELS = 32 * 32 * 3
+PIXELS = math.prod(IMAGE_SHAPE)  # one image, stored channel-first (3, 32, 32) and flattened
 
 # Largest file accepted for each name: a batch pickled by Python 3 at protocol 2 stores its
 # pixels as UTF-8 text, up to twice the 30,720,000 pixel bytes, plus labels and file names.
@@ -46,24 +48,24 @@ def read_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(labels, list) or len(labels) != IMAGES_PER_BATCH or not all(type(v) is int for v in labels):
         raise DataError(f"{where}: b'labels' must be a list of {IMAGES_PER_BATCH} ints")
     y = np.asarray(labels, dtype=np.int64)
-    bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
+    bad = np.flatnonzero((y < 0) | (y >= CLASS_COUNT))
     if bad.size:
-        raise DataError(f"{where}: label {y[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1}")
+        raise DataError(f"{where}: label {y[bad[0]]} at index {bad[0]} is outside 0..{CLASS_COUNT - 1}")
     return data, y
 
 
 def read_class_names(blob: bytes, where: str) -> tuple[str, ...]:
     """The ten class names from batches.meta, each safe to print in Markdown and label files."""
     names = _load(blob, where, None).get(b"label_names")
-    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, bytes) for n in names):
-        raise DataError(f"{where}: b'label_names' must list {NUM_CLASSES} names as bytes")
+    if not isinstance(names, list) or len(names) != CLASS_COUNT or not all(isinstance(n, bytes) for n in names):
+        raise DataError(f"{where}: b'label_names' must list {CLASS_COUNT} names as bytes")
     decoded = []
     for index, raw in enumerate(names):
         problem = _class_name_problem(raw)
         if problem:
             raise DataError(f"{where}: class name {index} {raw[:40]!r}: {problem}")
         decoded.append(raw.decode())
-    if len(set(decoded)) != NUM_CLASSES:
+    if len(set(decoded)) != CLASS_COUNT:
         raise DataError(f"{where}: class names are not unique")
     return tuple(decoded)
 

@@ -67,6 +67,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from job.config import Config, load_config, parse_sets  # noqa: E402
+from job.k8s_cli import k8s  # noqa: E402
 from job.metrics import RunMetrics  # noqa: E402
 from job.paths import RunPaths  # noqa: E402
 
@@ -152,8 +153,8 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set train.patience=3 (repeatable).")
     @functools.wraps(command)
     def wrapper(config_file: Path | None, sets: tuple[str, ...], **kwargs: Any) -> Any:
-        flags = {key: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS for key in _FLAG_KEYS[name]}
-        overrides = {key: value for key, value in flags.items() if value is not None}  # None: the flag was not given
+        flags = {name: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS}
+        overrides = {key: value for name, value in flags.items() if value is not None for key in _FLAG_KEYS[name]}  # None: not given
         overrides.update(parse_sets(sets))
         return command(config=load_config(config_file, overrides=overrides), **kwargs)
 
@@ -247,106 +248,4 @@ def run(config: Config) -> None:
         run_stages(config, _prepare(config), metrics, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
 
 
-# --- Kubernetes: render, submit, follow and clean up the training Job (job/cluster.py) ----------
-
-
-def _chart_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The chart's values, as `helm install` takes them."""
-    from job.cluster import DEFAULT_CHART
-
-    for option in reversed(
-        [
-            click.option("-f", "--values", "values_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                         help="Helm values file, e.g. charts/cifar-job/values-prod.yaml (repeatable; later wins)."),
-            click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                         help="Helm value in `helm --set` syntax, e.g. --set config.train.epochs=10 (repeatable)."),
-            click.option("--name", "run_name", help="Job name and run directory.  [default: cifar-job-<hash of the values>]"),
-            click.option("--chart", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CHART, help="The cifar-job chart.  [default: charts/cifar-job]"),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def _cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Which cluster and namespace: kubeconfig, else the in-cluster config."""
-    for option in reversed(
-        [
-            click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig path(s).  [default: KUBECONFIG, else ~/.kube/config, else in-cluster]"),
-            click.option("--context", help="Kubeconfig context.  [default: the current one]"),
-            click.option("-n", "--namespace", help="Namespace.  [default: the context's, else default]"),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-@main.group()
-def k8s() -> None:
-    """Run the training Job on Kubernetes: render the chart, submit, follow, inspect, delete."""
-
-
-@k8s.command("render")
-@_chart_options
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help="Write one file per template there instead of printing.")
-def k8s_render(values_files: tuple[Path, ...], sets: tuple[str, ...], run_name: str | None, chart: Path, output_dir: Path | None) -> None:
-    """Print the manifests `submit` would create for these values (k8s/ is made with --output-dir)."""
-    from job import cluster
-
-    manifests = cluster.render(cluster.load_values(values_files, sets), run_name=run_name, chart=chart)
-    if output_dir is None:
-        click.echo("---\n".join(manifests.values()), nl=False)
-        return
-    flags = [*(f"-f {f}" for f in values_files), *(f"--set {s}" for s in sets), *([f"--name {run_name}"] if run_name else [])]
-    command = " ".join(["cifar-job k8s render", *flags])
-    for path in cluster.write_manifests(manifests, output_dir, f"# Generated from charts/cifar-job by: {command}\n"):
-        click.echo(path)
-
-
-@k8s.command("submit")
-@_chart_options
-@_cluster_options
-@click.option("--wait", is_flag=True, help="Follow pod phases and stream the log until the Job ends: exit 0 if it completes, 11 if it fails.")
-def k8s_submit(values_files: tuple[Path, ...], sets: tuple[str, ...], run_name: str | None, chart: Path,
-               kubeconfig: str | None, context: str | None, namespace: str | None, wait: bool) -> None:
-    """Create the training Job and its companions through the API; print the Job's name."""
-    from job import cluster
-
-    manifest = cluster.objects(cluster.render(cluster.load_values(values_files, sets), run_name=run_name, chart=chart))
-    target = cluster.connect(kubeconfig, context, namespace)
-    name = cluster.submit(target, manifest)
-    click.echo(name)
-    if wait:
-        cluster.wait(target, name, click.echo)
-
-
-@k8s.command("status")
-@click.argument("name")
-@_cluster_options
-def k8s_status(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-    """Show the Job's state and its pods' phases and exit codes."""
-    from job import cluster
-
-    click.echo(cluster.status(cluster.connect(kubeconfig, context, namespace), name))
-
-
-@k8s.command("logs")
-@click.argument("name")
-@_cluster_options
-@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the container exits.")
-def k8s_logs(name: str, kubeconfig: str | None, context: str | None, namespace: str | None, follow: bool) -> None:
-    """Print the log of the Job's newest pod."""
-    from job import cluster
-
-    for line in cluster.logs(cluster.connect(kubeconfig, context, namespace), name, follow):
-        click.echo(line)
-
-
-@k8s.command("delete")
-@click.argument("name")
-@_cluster_options
-def k8s_delete(name: str, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-    """Delete the Job with its pods and config; the run directory on the claim stays."""
-    from job import cluster
-
-    cluster.delete(cluster.connect(kubeconfig, context, namespace), name)
+main.add_command(k8s)  # the Kubernetes commands, from the module that owns them

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from job.archive import ArchiveError, read_members
-from job.batch_format import FILE_LIMITS, IMAGES_PER_BATCH, META, NUM_CLASSES, README, ROOT, TEST_BATCH, TRAIN_BATCHES, read_batch, read_class_names
+from job.batch_format import FILE_LIMITS, IMAGES_PER_BATCH, META, README, ROOT, TEST_BATCH, TRAIN_BATCHES, read_batch, read_class_names
 from job.config import CANONICAL_MD5, CANONICAL_URL, DataConfig
+from job.contract import CLASS_COUNT
 from job.download import cached_download, is_url
 from job.errors import DataError
 from job.extracted import read_files
 from job.redact import redact_url
 
-__all__ = ["NUM_CLASSES", "CifarData", "load_dataset", "scale"]
+__all__ = ["CifarData", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,11 @@ class CifarData:
         splits = {"train": self.train_labels, "validation": self.val_labels, "test": self.test_labels}
         lines = [f"source: {self.source}", f"sha256: {self.sha256 or '- (directory)'}"]
         lines.append(f"{'class':<{width}}  " + "  ".join(f"{s:>10}" for s in splits))
-        counts = {s: np.bincount(labels, minlength=NUM_CLASSES) for s, labels in splits.items()}
+        counts = {s: np.bincount(labels, minlength=CLASS_COUNT) for s, labels in splits.items()}
         for c, name in enumerate(self.class_names):
             lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[s][c]:>10}" for s in splits))
         lines.append(f"{'total':<{width}}  " + "  ".join(f"{len(labels):>10}" for labels in splits.values()))
         return "\n".join(lines)
-
-
-def scale(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels to float32 in [0, 1]: the model's input contract."""
-    return images.astype(np.float32) / np.float32(255.0)
 
 
 def load_dataset(cfg: DataConfig) -> CifarData:

@@ -22,7 +22,6 @@ from job.errors import DataError
 
 from .conftest import CLASS_NAMES, REAL_SHA256, batch_bytes
 
-
 NOT_CIFAR = "not a valid CIFAR-10 .tar.gz archive: "
 
 

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from export.modelfile import metadata
 from export.convert import TRAINING_ONLY_OPS
+from export.modelfile import metadata
 from job.cli import main
 from job.config import load_config
 from job.contract import scale

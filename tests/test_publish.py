@@ -26,7 +26,6 @@ from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
 
 from .conftest import REAL_ARCHIVE
-
 from .onnx_models import fit_mean_colour, mean_colour_model
 
 NO_GATE = ["--set", "gate.min_accuracy=0", "--set", "gate.min_weighted_f1=0"]
