@@ -1,11 +1,10 @@
-"""The training Job through the Kubernetes API: render, submit, follow, report, clean up.
+"""The training Job through the Kubernetes API: submit, follow, report, clean up.
 
-`render` runs the real Helm engine (helm-python-sdk) on charts/cifar-job, so `submit` creates
-the objects `helm install` would (labelled managed-by cifar-job), and k8s/ is this rendering
-with the default values (see the README for the command). The
-official `kubernetes` client talks to the cluster (kubeconfig or in-cluster config); its
-errors become the exit codes of job/errors.py: 8 unreachable, 9 forbidden, 10 Job exists,
-11 Job failed.
+The objects come rendered from job/chart.py; this module only talks to the cluster, with the
+official `kubernetes` client (kubeconfig or in-cluster config, imported when a call is made).
+Its errors become the exit codes of job/errors.py: 8 unreachable, 9 forbidden, 10 Job exists,
+11 Job failed, 14 no such Job, 15 the API server failed (5xx); 2 for a request the server
+refuses as invalid.
 
 Tests run against kmock's KubernetesEmulator (real HTTP on 127.0.0.1, objects in memory)
 because no real kube-apiserver can run in this project's test environment; the emulator has no
@@ -27,18 +26,22 @@ from typing import Any
 import yaml
 
 from job import errors
-from job.atomic import atomic_write
-from job.errors import ClusterForbidden, ClusterJobFailed, ClusterUnreachable, ConfigError, JobError, JobExists
+from job.errors import (
+    ClusterForbidden,
+    ClusterJobFailed,
+    ClusterJobNotFound,
+    ClusterServerError,
+    ClusterUnreachable,
+    ConfigError,
+    JobError,
+    JobExists,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHART = Path(__file__).resolve().parents[1] / "charts" / "cifar-job"
-RELEASE = "cifar-job"
 CONTAINER = "cifar-job"  # the container name the chart's podFailurePolicy refers to
 _TIMEOUT = (10, 60)  # connect, read seconds for every non-streaming API call
 POLL_SECONDS = 2.0  # between looks at the Job while no pod log is streaming
-# Helm's install order for the kinds the chart renders.
-_ORDER = ("NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule")
 _CORE = {  # kind -> (client API class, snake-case name in its create_namespaced_* method)
     "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
     "ServiceAccount": ("CoreV1Api", "service_account"),
@@ -51,81 +54,6 @@ _EPOCH = datetime.fromtimestamp(0, timezone.utc)
 _EXIT_REASONS = {0: "success"} | {
     cls.exit_code: cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.EXPECTED_FAILURES)
 }
-
-
-# --- rendering ----------------------------------------------------------------------------------
-
-
-def load_values(files: Sequence[Path] = (), sets: Sequence[str] = ()) -> dict[str, Any]:
-    """Values from YAML files, then Helm `--set` expressions; later ones win, maps merge."""
-    import helm_python as helm
-
-    values: dict[str, Any] = {}
-    for file in files:
-        try:
-            layer = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"values file {file}: {getattr(e, 'strerror', None) or 'not valid YAML'}") from None
-        if not isinstance(layer, dict):
-            raise ConfigError(f"values file {file}: expected a mapping, got {type(layer).__name__}")
-        _merge(values, layer)
-    for expression in sets:
-        try:
-            _merge(values, helm.parse_set_string(expression))
-        except helm.HelmError as e:
-            raise ConfigError(f"--set {expression!r}: {e}") from None
-    return values
-
-
-def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
-    """Helm's rule: maps merge key by key, anything else replaces."""
-    for key, value in layer.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def render(
-    values: Mapping[str, Any],
-    *,
-    run_name: str | None = None,
-    release: str = RELEASE,
-    chart: Path = DEFAULT_CHART,
-) -> dict[str, str]:
-    """Render the chart: template file name -> manifest text (with the chart's comments).
-
-    Objects made this way are labelled managed-by cifar-job unless the values say otherwise;
-    `run_name` names the Job (default: the chart's hash of the values).
-    """
-    import helm_python as helm
-
-    values = {"managedBy": "cifar-job", **values, **({"runName": run_name} if run_name else {})}
-    if not Path(chart, "Chart.yaml").is_file():
-        raise ConfigError(f"chart {chart}: not found; pass --chart with the path of charts/cifar-job")
-    try:
-        with helm.Chart.load(chart) as loaded:
-            rendered = loaded.render(values=values, name=release, namespace="default")
-    except helm.HelmError as e:
-        raise ConfigError(f"chart {chart}: {' '.join(str(e).split())}") from None
-    texts = {Path(path).name: text.strip() + "\n" for path, text in rendered.items() if not path.endswith("NOTES.txt")}
-    return {name: text for name, text in sorted(texts.items()) if text.strip()}
-
-
-def objects(manifests: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The rendered objects in install order."""
-    docs = [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
-    return sorted(docs, key=lambda doc: _ORDER.index(doc["kind"]))
-
-
-def write_manifests(manifests: Mapping[str, str], directory: Path, header: str) -> list[Path]:
-    """One file per template, each starting with `header` (how k8s/ is generated)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in manifests.items():
-        atomic_write(directory / name, header + text)
-        written.append(directory / name)
-    return written
 
 
 # --- connecting ---------------------------------------------------------------------------------
@@ -186,8 +114,12 @@ def _read(path: Path) -> str | None:
 
 
 @contextmanager
-def _api(action: str, target: Target, conflict: JobError | None = None) -> Iterator[None]:
-    """Turn client errors into one-line JobErrors with the exit codes of job/errors.py."""
+def _api(action: str, target: Target, conflict: JobError | None = None, not_found: type[JobError] = ConfigError) -> Iterator[None]:
+    """Turn client errors into one-line JobErrors with the exit codes of job/errors.py.
+
+    A 404 is `not_found`: a wrong name or namespace in the request (config) unless the caller
+    reads or deletes a named Job, where it says that Job is not there.
+    """
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -200,8 +132,12 @@ def _api(action: str, target: Target, conflict: JobError | None = None) -> Itera
             raise conflict from None
         if e.status in (401, 403):
             raise ClusterForbidden(f"{where}: {e.reason.lower()}: {message}") from None
-        if e.status in (400, 404, 422):
+        if e.status == 404:
+            raise not_found(f"{where}: {message}") from None
+        if e.status in (400, 422):
             raise ConfigError(f"{where}: {message}") from None
+        if e.status >= 500:
+            raise ClusterServerError(f"{where}: API server error {e.status}: {message}") from None
         raise JobError(f"{where}: API server error {e.status}: {message}") from None
     except HTTPError as e:
         reason = getattr(e, "reason", None) or e
@@ -334,7 +270,7 @@ def logs(target: Target, name: str, follow: bool) -> Iterator[str]:
 
 def delete(target: Target, name: str) -> None:
     """Delete the Job; its pods and its run's ConfigMap go with it (the run directory stays)."""
-    with _api(f"delete Job {name}", target):
+    with _api(f"delete Job {name}", target, not_found=ClusterJobNotFound):
         target.batch().delete_namespaced_job(name, target.namespace, propagation_policy="Background", _request_timeout=_TIMEOUT)
     log.info("deleted Job %s/%s", target.namespace, name)
 
@@ -377,7 +313,7 @@ def describe_pod(pod: Any) -> str:
 
 
 def _read_job(target: Target, name: str) -> Any:
-    with _api(f"read Job {name}", target):
+    with _api(f"read Job {name}", target, not_found=ClusterJobNotFound):
         return target.batch().read_namespaced_job(name, target.namespace, _request_timeout=_TIMEOUT)
 
 

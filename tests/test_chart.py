@@ -15,7 +15,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from job import cluster
+from job import chart
 from job.config import SECTION_NAMES, load_config
 from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
 
@@ -30,7 +30,7 @@ def values_of(env: str) -> dict[str, Any]:
 
 
 def rendered(values: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
-    return cluster.objects(cluster.render(values, **kwargs))
+    return chart.objects(chart.render(values, **kwargs))
 
 
 def job_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def test_helm_upgrade_replaces_the_job_only_when_values_change() -> None:
 
 
 def test_job_name_fits_the_label_limit_for_long_release_names() -> None:
-    docs = cluster.objects(cluster.render({}, release="a-very-long-release-name-for-the-cifar-training-pipeline-of-team-x"))
+    docs = chart.objects(chart.render({}, release="a-very-long-release-name-for-the-cifar-training-pipeline-of-team-x"))
     assert len(job_of(docs)["metadata"]["name"]) <= 63
 
 

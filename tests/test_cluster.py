@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from kubernetes import client
 
-from job import cluster
+from job import chart, cluster
 from job.cli import main
+from job.errors import ClusterJobNotFound, ClusterServerError
 
 from .k8s_tools import CHART, emulator, kubeconfig
 
@@ -109,7 +110,7 @@ def test_submit_creates_the_job_its_companions_and_its_owned_config(k8s: Cluster
     result = k8s.cli("k8s", "submit", "-f", str(values), "--name", "run-1")
     assert result.exit_code == 0, result.output
     assert result.stdout == "run-1\n"
-    expected = {d["kind"]: d for d in cluster.objects(cluster.render(cluster.load_values([values]), run_name="run-1"))}
+    expected = {d["kind"]: d for d in chart.objects(chart.render(chart.load_values([values]), run_name="run-1"))}
     job = k8s.stored("jobs", "run-1")
     assert job["spec"] == expected["Job"]["spec"]
     assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cifar-job"
@@ -227,7 +228,53 @@ def test_delete_removes_the_job_with_its_pods_in_the_background(k8s: Cluster) ->
     (request,) = k8s.requests("DELETE", "/jobs/run-d")
     assert request.params["propagationPolicy"] == "Background"
     missing = k8s.cli("k8s", "status", "run-d")
-    assert missing.exit_code == 2 and error_line(missing).startswith("cifar-job: error: read Job run-d in namespace ml:")
+    assert missing.exit_code == ClusterJobNotFound.exit_code
+    assert error_line(missing).startswith("cifar-job: error: read Job run-d in namespace ml:")
+
+
+@pytest.mark.parametrize("command", [("status",), ("logs",), ("logs", "--follow"), ("delete",)])
+def test_a_missing_job_is_exit_14_not_a_config_error(k8s: Cluster, command: tuple[str, ...]) -> None:
+    result = k8s.cli("k8s", command[0], "never-made", *command[1:])
+    assert result.exit_code == ClusterJobNotFound.exit_code == 14
+    action = "delete" if command[0] == "delete" else "read"
+    assert error_line(result).startswith(f"cifar-job: error: {action} Job never-made in namespace ml: ")
+    assert "not found" in error_line(result)
+
+
+def test_a_job_deleted_while_waiting_is_exit_14(k8s: Cluster) -> None:
+    thread = Kubelet(k8s).after_submit("run-gone", lambda kubelet: kubelet.batch.delete_namespaced_job("run-gone", NS))
+    result = k8s.cli("k8s", "submit", "--name", "run-gone", "--wait")
+    thread.join(10)
+    assert result.exit_code == 14
+    assert error_line(result).startswith("cifar-job: error: read Job run-gone in namespace ml: ")
+
+
+def test_a_missing_namespace_on_create_stays_a_config_error(k8s: Cluster) -> None:
+    message = 'namespaces "nowhere" not found'
+    k8s.api["post", kmock.resource("v1/serviceaccounts")] << (lambda: kmock.KubernetesError(status=404, reason="NotFound", message=message))
+    result = k8s.cli("k8s", "submit", "--name", "run-n", "-n", "nowhere")
+    assert result.exit_code == 2
+    assert error_line(result) == f"cifar-job: error: create ServiceAccount cifar-job in namespace nowhere: {message}"
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_an_api_server_failure_is_exit_15_not_a_bug(k8s: Cluster, status: int) -> None:
+    assert k8s.cli("k8s", "submit", "--name", "run-5").exit_code == 0
+    message = "etcdserver: request timed out"
+    k8s.api["get", kmock.resource("batch/v1/jobs"), kmock.name("run-5")] << (
+        lambda: kmock.KubernetesError(status=status, reason="InternalError", message=message))
+    result = k8s.cli("k8s", "status", "run-5")
+    assert result.exit_code == ClusterServerError.exit_code == 15
+    assert error_line(result) == f"cifar-job: error: read Job run-5 in namespace ml: API server error {status}: {message}"
+    assert "Traceback" not in result.output
+
+
+def test_an_api_server_failure_on_create_is_exit_15_and_creates_no_config(k8s: Cluster) -> None:
+    k8s.api["post", kmock.resource("batch/v1/jobs")] << (lambda: kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="overloaded"))
+    result = k8s.cli("k8s", "submit", "--name", "run-u")
+    assert result.exit_code == 15
+    assert error_line(result) == "cifar-job: error: create Job run-u in namespace ml: API server error 503: overloaded"
+    assert k8s.stored("configmaps", "run-u") is None
 
 
 def test_an_unreachable_cluster_is_exit_8(k8s: Cluster, tmp_path: Path) -> None:
@@ -237,7 +284,7 @@ def test_an_unreachable_cluster_is_exit_8(k8s: Cluster, tmp_path: Path) -> None:
     config = kubeconfig(tmp_path / "down", f"http://127.0.0.1:{closed}")
     result = CliRunner().invoke(main, ["k8s", "submit", "--kubeconfig", str(config)])
     assert result.exit_code == 8
-    assert error_line(result).startswith(f"cifar-job: error: create ServiceAccount cifar-job: cannot reach the Kubernetes API at http://127.0.0.1:{closed}")
+    assert error_line(result).startswith(f"cifar-job: error: create NetworkPolicy cifar-job: cannot reach the Kubernetes API at http://127.0.0.1:{closed}")
 
 
 def test_no_cluster_configured_is_exit_8(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from job import cluster
+from job import chart
 from job.cli import main
 from job.errors import NON_RETRYABLE_EXIT_CODES, Preempted
 
@@ -34,8 +34,8 @@ def k8s_docs() -> list[dict[str, Any]]:
 
 
 def env_docs(env: str) -> list[dict[str, Any]]:
-    values = cluster.load_values([CHART / f"values-{env}.yaml"])
-    return cluster.objects(cluster.render(values))
+    values = chart.load_values([CHART / f"values-{env}.yaml"])
+    return chart.objects(chart.render(values))
 
 
 RENDERINGS = {"k8s/": k8s_docs, **{f"values-{env}.yaml": (lambda env=env: env_docs(env)) for env in ENVIRONMENTS}}
