@@ -5,7 +5,7 @@ and from values chosen to hurt (anchors, tags, NaN, huge numbers, control charac
 nesting) or raw fuzzer text. A finding is anything but a `Config` or a `ConfigError` of one short
 line, or an input past libFuzzer's per-input time (-timeout) or memory (-rss_limit_mb) limit.
 
-pytest runs it briefly; `pytest -m slow tests/test_fuzz_config.py` runs CIFAR_JOB_FUZZ_SECONDS
+pytest runs it briefly; `pytest -m slow tests/test_fuzz_config.py` runs CIFAR_FUZZ_SECONDS
 (default 600). By hand: `python -m tests.test_fuzz_config -max_total_time=600 -rss_limit_mb=1500 -timeout=10`
 from the repository root; a finding is saved as crash-<sha1> (replay: pass that file as the argument).
 """
@@ -104,7 +104,7 @@ def test_fuzz_config_loading_briefly(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fuzz_config_loading_long(tmp_path: Path) -> None:
-    runs, log = _fuzz(int(os.environ.get("CIFAR_JOB_FUZZ_SECONDS", "600")), tmp_path)
+    runs, log = _fuzz(int(os.environ.get("CIFAR_FUZZ_SECONDS", "600")), tmp_path)
     print(log[-600:])
     assert runs >= 10_000
 
