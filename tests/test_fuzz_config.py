@@ -3,26 +3,23 @@
 Each input becomes a config file, environment variables and --set flags built from the real keys
 and from values chosen to hurt (anchors, tags, NaN, huge numbers, control characters, deep
 nesting) or raw fuzzer text. A finding is anything but a `Config` or a `ConfigError` of one short
-line, or an input past libFuzzer's per-input time (-timeout) or memory (-rss_limit_mb) limit.
+line, or an input past the per-input time (-timeout) or the memory cap (tests/fuzzing.py).
 
 pytest runs it briefly; `pytest -m slow tests/test_fuzz_config.py` runs CIFAR_FUZZ_SECONDS
-(default 600). By hand: `python -m tests.test_fuzz_config -max_total_time=600 -rss_limit_mb=1500 -timeout=10`
+(default 600). By hand: `python -m tests.test_fuzz_config -max_total_time=600 -timeout=10`
 from the repository root; a finding is saved as crash-<sha1> (replay: pass that file as the argument).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-LIMITS = ["-rss_limit_mb=1500", "-timeout=10", "-max_len=8192", "-print_final_stats=1"]
+from tests.fuzzing import run_fuzzer
 
 SCALARS = [
     "3", "0", "-1", "-0.0", "1e3", "1.0e+3", ".nan", ".NaN", ".inf", "-.inf", "0x" + "f" * 300, "9" * 4200, "0o777",
@@ -90,11 +87,7 @@ def one_input(data: bytes) -> None:
 
 
 def _fuzz(seconds: int, tmp_path: Path) -> tuple[int, str]:
-    """Run the fuzzer for `seconds` in a process of its own (libFuzzer exits when done); its executions and log."""
-    command = [sys.executable, "-m", "tests.test_fuzz_config", f"-max_total_time={seconds}", *LIMITS, f"-artifact_prefix={tmp_path}/"]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
-    assert proc.returncode == 0, f"finding (input saved in {tmp_path}):\n{proc.stderr[-4000:]}"
-    return int(re.search(r"stat::number_of_executed_units: (\d+)", proc.stderr).group(1)), proc.stderr
+    return run_fuzzer("tests.test_fuzz_config", seconds, tmp_path, "-max_len=8192")
 
 
 def test_fuzz_config_loading_briefly(tmp_path: Path) -> None:
@@ -113,7 +106,8 @@ if __name__ == "__main__":
     import atheris
 
     with atheris.instrument_imports(include=["job", "yaml"]):
-        from job.config import ENV_PREFIX, SECTION_NAMES, SECTIONS as MODELS, Config, load_config, parse_sets
+        from job.config import ENV_PREFIX, SECTION_NAMES, Config, load_config, parse_sets
+        from job.config import SECTIONS as MODELS
         from job.errors import ConfigError
 
     SECTIONS = [*SECTION_NAMES, "out", "trian", "validate_"]
