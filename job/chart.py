@@ -2,8 +2,8 @@
 
 `render` runs helm-python-sdk on charts/cifar-job, so `cifar-job k8s submit` creates the objects
 `helm install` would (labelled managed-by cifar-job), and k8s/ is this rendering with the default
-values (see the README for the command). No Kubernetes client here: nothing in this module talks
-to a cluster; job/cluster.py takes its objects from here.
+values (see the README for the command). No Kubernetes client here: job/k8s_cli.py hands these
+objects to job/cluster.py, which talks to the cluster.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ import click  # noqa: E402
 
 from job.config import Config, load_config, parse_sets  # noqa: E402
 from job.k8s_cli import k8s  # noqa: E402
-from job.metrics import RunMetrics  # noqa: E402
+from job.metrics_session import metrics_session  # noqa: E402
 from job.paths import RunPaths  # noqa: E402
 
 log = logging.getLogger("cifar_job")
@@ -178,7 +178,7 @@ def _run_one(config: Config, name: str) -> None:
     from job.stage import StageInputs
     from job.stages import BY_NAME, run_stage
 
-    with RunMetrics.session(config, name) as metrics:
+    with metrics_session(config, name) as metrics:
         inputs = StageInputs(config, _prepare(config), training_callbacks=lambda: [metrics.keras_callback()])
         run_stage(BY_NAME[name], inputs, metrics, report=lambda result: click.echo(result.summary()))
 
@@ -244,7 +244,7 @@ def run(config: Config) -> None:
     """
     from job.stages import run_stages
 
-    with RunMetrics.session(config, "run") as metrics:
+    with metrics_session(config, "run") as metrics:
         run_stages(config, _prepare(config), metrics, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
 
 

@@ -1,49 +1,37 @@
-"""Prometheus metrics of a run: served on /metrics while it runs, its outcome pushed when it ends.
+"""Prometheus metrics of a run: every metric declared once, and how what the run does sets them.
 
 Two registries, as the Pushgateway guidance for batch jobs asks: `scraped` holds the state of
-the running process (stage, training progress, export and validation results) and is served
-over HTTP for Prometheus to scrape; `outcome` holds only how the run ended and is pushed to a
-Pushgateway, grouped by job name and run id, so the result outlives the pod. Neither is the
-global default registry. Every metric is declared once here; `reference_markdown()` turns the
-declarations into the README's metrics reference (`python -m job.docs README.md`), so the two
-cannot drift.
+the running process (stage, training progress, export and validation results) for Prometheus
+to scrape; `outcome` holds only how the run ended, for the Pushgateway, so the result outlives
+the pod. Neither is the global default registry. `reference_markdown()` turns the declarations
+into the README's metrics reference (`python -m job.docs README.md`), so the two cannot drift.
 
-TensorFlow is never imported here: the Keras callback lives in `job.metrics_callback`; the push
-itself (URL checks, basic auth, bounded time) lives in `job.pushgateway`.
+Dependency rule: this module imports only job's config and errors and prometheus_client. Stage
+results come in through the small protocols below (`ExportFacts`, `ValidationFacts`), never by
+their types, so nothing here imports export/. Serving /metrics and lingering live in
+job.metrics_server, the push in job.pushgateway, and job.metrics_session ties them to one
+command; the Keras callback (job.metrics_callback, imported only when training runs) knows
+nothing of this module but the `TrainingRecorder` calls that `RunMetrics` answers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
 from job.config import Config
-from job.errors import EXPECTED_FAILURES, ConfigError, GateFailed, Preempted
-from job.pushgateway import Pushgateway, PushFailed
+from job.errors import EXPECTED_FAILURES, GateFailed
 
 if TYPE_CHECKING:
     import keras
 
-    from export.convert import ExportResult
-    from export.validate import ValidationResult
-
-log = logging.getLogger(__name__)
-
 PREFIX = "cifar_job_"
-PUSH_TIMEOUT_SECONDS = 10.0  # the whole push, however slowly the Pushgateway answers
-CLIENT_TIMEOUT_SECONDS = 10.0  # each read from or write to a /metrics client
 EPOCH_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -58,6 +46,45 @@ GROUPS = {
     "success": "Pushgateway, runs that succeeded",
     "gate": "Pushgateway, runs that reached the quality gate",
 }
+
+
+class GateVerdict(Protocol):
+    @property
+    def passed(self) -> bool: ...
+
+
+@runtime_checkable
+class ExportFacts(Protocol):
+    """What the metrics read from an export's result (export.convert.ExportResult)."""
+
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def parity_max_abs_diff(self) -> float: ...
+
+
+@runtime_checkable
+class ValidationFacts(Protocol):
+    """What the metrics read from a validation's result (export.validate.ValidationResult)."""
+
+    @property
+    def accuracy(self) -> float: ...
+    @property
+    def macro_f1(self) -> float: ...
+    @property
+    def weighted_f1(self) -> float: ...
+    @property
+    def per_class(self) -> Mapping[str, Mapping[str, float]]: ...
+    @property
+    def batch_latencies_s(self) -> Sequence[float]: ...
+    @property
+    def images_per_second(self) -> float: ...
+    @property
+    def providers(self) -> Sequence[str]: ...
+    @property
+    def gate(self) -> GateVerdict: ...
 
 
 @dataclass(frozen=True)
@@ -99,17 +126,15 @@ class _Registry:
 
 
 class RunMetrics:
-    """All metrics of one `cifar-job` command; build it with `RunMetrics.session(config, command)`."""
+    """All metrics of one `cifar-job` command and the recording of them; job.metrics_session opens one per command."""
 
     def __init__(self, config: Config, command: str) -> None:
         self.config = config
         self.command = command
-        self.run_id = config.metrics.run_id or config.out.resolve().name or "run"
         self._started = time.time()
         self._gate_passed: bool | None = None
-        self._server: _MetricsServer | None = None
-        url = config.metrics.pushgateway_url  # checked, with its credentials, before any work
-        self._pushgateway = Pushgateway.from_settings(url, os.environ) if url else None
+        self._epoch_started = self._last_step = time.monotonic()
+        self._epoch_images = 0
 
         s = self.scraped = _Registry()
         self.stage_active = s.add("stages", Gauge, "stage_active", "1 while the stage runs, 0 once it has ended.", ["stage"])
@@ -179,26 +204,6 @@ class RunMetrics:
         self.last_success = o.add("success", Gauge, "last_success_timestamp_seconds", "Unix time the run succeeded.")
         self.gate_passed = o.add("gate", Gauge, "gate_passed", "1 if the model passed the quality gate, 0 if it failed.")
 
-    @classmethod
-    @contextlib.contextmanager
-    def session(cls, config: Config, command: str) -> Iterator[RunMetrics]:
-        """Serve /metrics for the body; on the way out, however it ends, record and push the outcome and linger.
-
-        The body's exception is re-raised unchanged; the metrics never change a run's result.
-        """
-        metrics = cls(config, command)
-        metrics._serve()
-        try:
-            yield metrics
-        except BaseException as e:
-            metrics._finish(e)
-            raise
-        else:
-            metrics._finish(None)
-        finally:
-            if metrics._server:
-                metrics._server.close()
-
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Mark `name` as the running stage for the body, with its start and end times."""
@@ -215,24 +220,73 @@ class RunMetrics:
 
     def keras_callback(self) -> keras.callbacks.Callback:
         """A Keras callback that feeds the training metrics; for `train_model(..., callbacks=[...])`."""
-        from job.metrics_callback import TrainingMetrics
+        from job.metrics_callback import TrainingMetrics  # imports Keras: only when training runs
 
         return TrainingMetrics(self)
 
-    def record(self, stage: str, result: Any) -> None:
-        """What a finished stage returned; the export and validate results carry metrics."""
-        recorders: dict[str, Callable[[Any], None]] = {"export": self.record_export, "validate": self.record_validation}
-        if stage in recorders:
-            recorders[stage](result)
+    # -- training, called by the Keras callback (job.metrics_callback.TrainingRecorder) --------
 
-    def record_export(self, result: ExportResult) -> None:
+    def training_began(self, epochs: int, steps_per_epoch: int) -> None:
+        self.scraped.show("train")
+        self.train_epochs.set(epochs)
+        self.train_steps_per_epoch.set(steps_per_epoch)
+        self.train_patience.set(self.config.train.patience)
+        self.progress.set_to_current_time()
+
+    def epoch_began(self) -> None:
+        self._epoch_started = self._last_step = time.monotonic()
+        self._epoch_images = 0
+        self.train_step.set(0)
+
+    def step_ended(self, steps_done: int) -> None:
+        """Per step only a few numbers are set (no tensor is read), so the metrics do not slow training down."""
+        batch_size = self.config.train.batch_size
+        self.train_step.set(steps_done)
+        self.train_steps.inc()
+        self.train_images.inc(batch_size)
+        self.progress.set_to_current_time()
+        self._epoch_images += batch_size
+        self._last_step = time.monotonic()
+
+    def epoch_ended(self, epochs_done: int, logs: Mapping[str, float]) -> None:
+        """`logs` come from job.train, which adds learning_rate, best_val_loss, best_epoch and patience_wait to Keras' losses and accuracies."""
+        self.train_epoch.set(epochs_done)
+        self.train_epoch_duration.observe(time.monotonic() - self._epoch_started)
+        training_seconds = self._last_step - self._epoch_started
+        if training_seconds > 0:
+            self.train_images_per_second.set(self._epoch_images / training_seconds)
+        for split, prefix in (("train", ""), ("validation", "val_")):
+            if prefix + "loss" in logs:
+                self.train_loss.labels(split).set(logs[prefix + "loss"])
+            if prefix + "accuracy" in logs:
+                self.train_accuracy.labels(split).set(logs[prefix + "accuracy"])
+        for gauge, key in (
+            (self.train_learning_rate, "learning_rate"),
+            (self.train_best_val_loss, "best_val_loss"),
+            (self.train_best_epoch, "best_epoch"),
+            (self.train_patience_wait, "patience_wait"),
+        ):
+            if key in logs:
+                gauge.set(logs[key])
+        self.progress.set_to_current_time()
+
+    # -- stage results ---------------------------------------------------------------------
+
+    def record(self, result: object) -> None:
+        """What a finished stage returned: an export or a validation result sets its metrics, any other sets none."""
+        if isinstance(result, ExportFacts):
+            self.record_export(result)
+        if isinstance(result, ValidationFacts):
+            self.record_validation(result)
+
+    def record_export(self, result: ExportFacts) -> None:
         """Duration, file size and Keras/onnxruntime parity of an ONNX export."""
         self.export_duration.set(result.duration_s)
         self.export_model_size.set(result.size_bytes)
         self.export_parity.set(result.parity_max_abs_diff)
         self.scraped.show("export")
 
-    def record_validation(self, result: ValidationResult) -> None:
+    def record_validation(self, result: ValidationFacts) -> None:
         """The test-set scores, latencies and execution provider of a validation, and its gate verdict."""
         self.val_accuracy.set(result.accuracy)
         self.val_f1.labels("macro").set(result.macro_f1)
@@ -250,7 +304,8 @@ class RunMetrics:
 
     # -- the run's end ---------------------------------------------------------------------
 
-    def _finish(self, error: BaseException | None) -> None:
+    def record_outcome(self, error: BaseException | None) -> str:
+        """How the command ended (None: success) into the `outcome` registry; returns the exit reason."""
         reason, code = _outcome(error)
         self.exit_code.set(code)
         self.exit_reason.labels(self.command, reason).set(1)
@@ -264,80 +319,7 @@ class RunMetrics:
         if self._gate_passed is not None:
             self.gate_passed.set(int(self._gate_passed))
             self.outcome.show("gate")
-        self._push(reason)
-        if not isinstance(error, KeyboardInterrupt | Preempted):  # a pod being stopped has no time to linger
-            self._linger()
-
-    def _push(self, reason: str) -> None:
-        gateway, job = self._pushgateway, self.config.metrics.job_name
-        if gateway is None:
-            return
-        try:
-            gateway.push(job, {"run_id": self.run_id}, self.outcome.registry, PUSH_TIMEOUT_SECONDS)
-        except PushFailed as e:
-            log.warning("could not push the outcome to the Pushgateway %s: %s (the run's result is unaffected)", gateway.shown, e)
-        else:
-            log.info("pushed outcome %r to %s (job=%r, run_id=%r)", reason, gateway.shown, job, self.run_id)
-
-    def _serve(self) -> None:
-        settings = self.config.metrics
-        if settings.port:
-            self._server = _MetricsServer(self.scraped.registry, settings.address, settings.port)
-            log.info("serving metrics on http://%s:%d/metrics", settings.address, settings.port)
-
-    def _linger(self) -> None:
-        seconds = self.config.metrics.linger_seconds
-        if not self._server or seconds <= 0:
-            return
-        try:
-            log.info("keeping /metrics up until the final values are scraped, at most %gs", seconds)
-            if not self._server.wait_for_final_scrape(seconds):
-                log.info("no scrape of the final values within %gs", seconds)
-        except (KeyboardInterrupt, Preempted):  # the work is done and pushed; Ctrl-C or SIGTERM only cut the wait short
-            log.info("stopped waiting for the final scrape")
-
-
-class _MetricsServer:
-    """/metrics on a daemon thread; can wait until a response sent after the run's end has been written."""
-
-    def __init__(self, registry: CollectorRegistry, address: str, port: int) -> None:
-        self._ended = threading.Event()
-        self._final_served = threading.Event()
-        exposition = make_wsgi_app(registry)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            final = self._ended.is_set()
-            body = exposition(environ, start_response)
-            return _then(body, self._final_served.set) if final else body
-
-        try:
-            family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
-            server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
-            self._httpd = make_server(address, port, app, server_class, handler_class=_QuietHandler)
-        except OSError as e:
-            raise ConfigError(f"metrics.address/metrics.port {address}:{port}: cannot serve /metrics ({e.strerror or e})") from None
-        threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True).start()
-
-    def wait_for_final_scrape(self, timeout: float) -> bool:
-        self._ended.set()
-        return self._final_served.wait(timeout)
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
-def _then(body: Iterable[bytes], done: Callable[[], None]) -> Iterator[bytes]:
-    """`body`, then `done()` once the server has written all of it (WSGI asks for the next chunk)."""
-    yield from body
-    done()
-
-
-class _QuietHandler(WSGIRequestHandler):
-    timeout = CLIENT_TIMEOUT_SECONDS  # a client that connects and stalls holds a server thread this long at most
-
-    def log_message(self, format: str, *args: Any) -> None:  # no access log in the job's output
-        pass
+        return reason
 
 
 def _outcome(error: BaseException | None) -> tuple[str, int]:

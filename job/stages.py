@@ -34,7 +34,7 @@ def run_stage(stage: Stage, inputs: StageInputs, metrics: RunMetrics, report: Ca
     """One stage, timed and recorded by `metrics` and shown by `report`; its verdict is checked after both."""
     with metrics.stage(stage.name):
         result = stage.run(inputs)
-        metrics.record(stage.name, result)
+        metrics.record(result)
         report(result)
         stage.check(result)
     return result

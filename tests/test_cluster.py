@@ -5,6 +5,7 @@ controller and the kubelet, creating pods, their logs and the Job's final condit
 
 from __future__ import annotations
 
+import ast
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from job import chart, cluster
 from job.cli import main
 from job.errors import ClusterJobNotFound, ClusterServerError
 
-from .k8s_tools import CHART, emulator, kubeconfig
+from .k8s_tools import CHART, ROOT, emulator, kubeconfig
 
 NS = "ml"
 JOB_LABEL = "batch.kubernetes.io/job-name"
@@ -303,3 +304,19 @@ def test_k8s_commands_do_not_load_tensorflow() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "[]"
+
+
+def _imports(module: str) -> set[str]:
+    """Every module `module` imports anywhere in its source (function bodies included), as written."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    return names
+
+
+def test_rendering_and_api_calls_stay_apart() -> None:
+    """The chart never talks to a cluster, the API layer never renders, and the command group sits above both."""
+    chart_imports, cluster_imports, cli_imports = (_imports(m) for m in ("job.chart", "job.cluster", "job.k8s_cli"))
+    assert not any(name.startswith("kubernetes") for name in chart_imports)
+    assert not any(name.startswith(("helm_python", "job.chart")) for name in cluster_imports)
+    assert not any(name.startswith("job.cli") for name in cli_imports)

@@ -39,7 +39,9 @@ from export.scores import classification_scores, confusion_matrix
 from export.validate import ValidationResult
 from job.config import Config, GateConfig, load_config
 from job.errors import ConfigError, DataError, GateFailed, Preempted
-from job.metrics import CLIENT_TIMEOUT_SECONDS, RunMetrics, reference
+from job.metrics import RunMetrics, reference
+from job.metrics_server import CLIENT_TIMEOUT_SECONDS
+from job.metrics_session import metrics_session
 from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV, Pushgateway, PushFailed
 
 from .conftest import CLASS_NAMES
@@ -474,8 +476,8 @@ def test_a_wrong_password_is_one_warning_without_it(
     wrong = tmp_path / "password"
     wrong.write_text("not-the-password-" + secrets.token_hex(8))
     _use_credentials(monkeypatch, secured_pushgateway.username, wrong)
-    caplog.set_level(logging.INFO, logger="job.metrics")
-    with RunMetrics.session(_config(tmp_path, pushgateway_url=secured_pushgateway.url, run_id="wrong-password"), "train"):
+    caplog.set_level(logging.INFO, logger="job")
+    with metrics_session(_config(tmp_path, pushgateway_url=secured_pushgateway.url, run_id="wrong-password"), "train"):
         pass
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"could not push the outcome to the Pushgateway {secured_pushgateway.url}: HTTP 401 Unauthorized (the run's result is unaffected)"
@@ -511,7 +513,7 @@ def test_credentials_in_the_url_are_refused_before_any_work(url: str, tmp_path: 
 )
 def test_a_malformed_pushgateway_url_is_a_config_error_before_any_work(url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^metrics.pushgateway_url "):
-        with RunMetrics.session(_config(tmp_path, pushgateway_url=url), "train"):
+        with metrics_session(_config(tmp_path, pushgateway_url=url), "train"):
             pytest.fail("the body ran")
 
 
@@ -546,7 +548,7 @@ def test_grouping_values_cannot_change_the_group(
     for name in HOSTILE_RUN_DIRECTORIES:
         config = load_config(env={}, overrides={"out": str(tmp_path / name), "metrics.pushgateway_url": secured_pushgateway.url,
                                                 "metrics.job_name": "hostile-run-ids"})
-        with RunMetrics.session(config, "train"):
+        with metrics_session(config, "train"):
             pass
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     pushed = [g for g in secured_pushgateway.groups() if g["job"] == "hostile-run-ids"]
@@ -624,7 +626,7 @@ def test_a_redirect_is_not_followed_and_a_garbled_answer_is_one_printable_line()
 def test_a_stalled_metrics_client_is_dropped(tmp_path: Path) -> None:
     """A client that connects and sends nothing does not hold a server thread for the rest of the run."""
     port = free_port()
-    with RunMetrics.session(_config(tmp_path, port=port), "train"):
+    with metrics_session(_config(tmp_path, port=port), "train"):
         with socket.create_connection(("127.0.0.1", port)) as idle:
             idle.settimeout(CLIENT_TIMEOUT_SECONDS + 10)
             started = time.monotonic()
@@ -653,9 +655,9 @@ def test_a_failing_body_pushes_its_reason_and_is_reraised(
 ) -> None:
     run_id = f"session-{reason}"
     config = _config(tmp_path, pushgateway_url=pushgateway, run_id=run_id, port=free_port(), linger_seconds=0.2)
-    caplog.set_level(logging.INFO, logger="job.metrics")
+    caplog.set_level(logging.INFO, logger="job")
     with pytest.raises(type(error)) as raised:
-        with RunMetrics.session(config, "validate") as metrics, metrics.stage("validate"):
+        with metrics_session(config, "validate") as metrics, metrics.stage("validate"):
             raise error
     assert raised.value is error
     group = f'job="cifar-job",run_id="{run_id}"'
@@ -675,7 +677,7 @@ def test_linger_serves_the_final_values_until_scraped(tmp_path: Path) -> None:
 
     def run() -> None:
         try:
-            with RunMetrics.session(config, "train") as metrics, metrics.stage("train"):
+            with metrics_session(config, "train") as metrics, metrics.stage("train"):
                 pass
             outcome.append(None)
         except BaseException as e:  # report it to the test thread
@@ -710,7 +712,7 @@ def test_a_metrics_port_in_use_is_a_config_error(tmp_path: Path) -> None:
         taken.listen()
         config = _config(tmp_path, port=taken.getsockname()[1])
         with pytest.raises(ConfigError, match=r"metrics.address/metrics.port 127.0.0.1:\d+: cannot serve /metrics") as raised:
-            with RunMetrics.session(config, "train"):
+            with metrics_session(config, "train"):
                 pass
     assert raised.value.exit_code == 2
 
@@ -749,10 +751,10 @@ def _populated(tmp_path: Path) -> RunMetrics:
             onnx_sha256="0" * 64, size_bytes=8_774_321, weights_sha256="1" * 64, opset=17, ir_version=8,
             parity_images=1000, parity_max_abs_diff=4e-8, duration_s=12.5, settings={},
         )  # fmt: skip
-        metrics.record("export", export)
+        metrics.record(export)
     with metrics.stage("validate"):
-        metrics.record("validate", _validation_result())
-    metrics._finish(None)
+        metrics.record(_validation_result())
+    metrics.record_outcome(None)
     return metrics
 
 
@@ -786,3 +788,62 @@ def test_reference_documents_every_metric_once_with_prometheus_names() -> None:
         assert d.type != "counter" or d.name.endswith("_total")
         assert not d.name.endswith("_total") or d.type == "counter"
 
+
+
+# --- how results reach the metrics, and the modules' one-way imports ---------------------------
+
+
+def test_results_are_read_through_their_protocols_not_their_types(tmp_path: Path) -> None:
+    """Export and validation results set their metrics whatever the stage's name; other results set none."""
+    from prometheus_client import generate_latest
+
+    from export.publish import PublishResult
+
+    metrics = RunMetrics(_config(tmp_path), "publish")
+    metrics.record(PublishResult(name="m", version=1, directory="d", sha256="0" * 64, validated_sha256="0" * 64,
+                                 size_bytes=10, newly_published=True, duration_s=1.0))  # fmt: skip
+    metrics.record(object())
+    assert generate_latest(metrics.scraped.registry) == b""  # nothing shown: neither an export nor a validation
+
+    @dataclass(frozen=True)
+    class Export:  # anything with an export's facts is recorded as one
+        duration_s: float = 3.0
+        size_bytes: int = 42
+        parity_max_abs_diff: float = 1e-7
+
+    metrics.record(Export())
+    metrics.record(_validation_result(gate_passes=False))
+    exposed = generate_latest(metrics.scraped.registry).decode()
+    assert "cifar_job_export_model_size_bytes 42.0" in exposed and "cifar_job_validation_accuracy_ratio 0.75" in exposed
+    metrics.record_outcome(None)
+    assert "cifar_job_gate_passed 0.0" in generate_latest(metrics.outcome.registry).decode()
+
+
+def _job_imports(module: str) -> set[str]:
+    """The job/ and export/ modules `module` imports anywhere in its source, TYPE_CHECKING and function bodies included."""
+    import ast
+
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module in ("job", "export"):  # from job import config
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    return {name for name in imported if name.split(".")[0] in ("job", "export")}
+
+
+@pytest.mark.parametrize(
+    ("module", "may_import"),
+    [
+        ("job.metrics", {"job.config", "job.errors", "job.metrics_callback"}),
+        ("job.metrics_callback", set()),
+        ("job.metrics_server", {"job.errors"}),
+        ("job.pushgateway", {"job.errors", "job.redact"}),
+        ("job.metrics_session", {"job.config", "job.errors", "job.metrics", "job.metrics_server", "job.pushgateway"}),
+    ],
+)
+def test_metrics_modules_depend_one_way(module: str, may_import: set[str]) -> None:
+    """Declarations <- server, push <- session <- CLI; the Keras callback imports no job module; none imports export/."""
+    assert _job_imports(module) <= may_import
