@@ -21,6 +21,8 @@ from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
 
 from .k8s_tools import CHART, ENVIRONMENTS, KUBE_VERSIONS, helm3, load_docs
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 VALUE_FILES = {"default": None, **{env: CHART / f"values-{env}.yaml" for env in ENVIRONMENTS}}
 
 

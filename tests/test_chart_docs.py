@@ -6,6 +6,8 @@ import pytest
 
 from job import chart_docs
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 CHART = chart_docs.CHART
 
 

@@ -19,6 +19,8 @@ from job.errors import ConfigError
 
 from .k8s_tools import CHART, helm3
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 # One of each mistake, with the JSON pointer (or key) the schema error must name.
 BAD_CONFIGS = [
     ({"train": {"epoch": 5}}, "epoch"),  # a typo of train.epochs

@@ -20,6 +20,8 @@ from job.cli import main
 from job.config import SECTIONS, Config, load_config, parse_sets
 from job.errors import ConfigError
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 
 def test_defaults_are_the_reference_recipe() -> None:
     c = Config()

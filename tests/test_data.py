@@ -22,6 +22,8 @@ from job.errors import DataError
 
 from .conftest import CLASS_NAMES, REAL_SHA256, batch_bytes
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 NOT_CIFAR = "not a valid CIFAR-10 .tar.gz archive: "
 
 

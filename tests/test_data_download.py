@@ -21,6 +21,8 @@ from job.errors import DataError
 
 from .test_data_hostile import cli_error, refused
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 SECRET = "s3cr3t-pw"
 
 

@@ -33,6 +33,8 @@ from job.errors import DataError
 from .cifar_bytes import meta, pax_record, py2_batch, tar_gz, tar_header, tar_member
 from .conftest import CLASS_NAMES, batch_bytes, write_archive
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 ROOT = "cifar-10-batches-py"
 MEMBERS = {f"{ROOT}/data_batch_1": 4096, f"{ROOT}/batches.meta": 1024, f"{ROOT}/readme.html": 256}
 PIXELS = np.arange(30_720_000, dtype=np.uint32).astype(np.uint8).reshape(10_000, 3072)

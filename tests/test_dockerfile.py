@@ -12,9 +12,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 from .k8s_tools import K8S, ROOT, load_docs
+
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 LOCK = (ROOT / ".ci" / "image-requirements.txt").read_text()

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from job.docs import render
+
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -25,6 +25,8 @@ from job.errors import NON_RETRYABLE_EXIT_CODES, Preempted
 
 from .k8s_tools import CHART, ENVIRONMENTS, K8S, crd_errors, emulator, kube_validate, kubeconfig, load_docs
 
+pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
+
 REGENERATE = ["k8s", "render", "--set", "managedBy=kubectl", "--output-dir"]
 MONITORING = {"PodMonitor", "PrometheusRule"}
 
