@@ -117,8 +117,8 @@ def _read(path: Path) -> str | None:
 def _api(action: str, target: Target, conflict: JobError | None = None, not_found: type[JobError] = ConfigError) -> Iterator[None]:
     """Turn client errors into one-line JobErrors with the exit codes of job/errors.py.
 
-    A 404 is `not_found`: a wrong name or namespace in the request (config) unless the caller
-    reads or deletes a named Job, where it says that Job is not there.
+    A 404 raises `not_found`: by default a config error (the request named a wrong namespace or
+    kind); calls about one named Job pass ClusterJobNotFound, since there it means that Job is gone.
     """
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
