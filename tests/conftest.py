@@ -18,6 +18,27 @@ REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar-
 REAL_SHA256 = "bacb65a76d54dccc7e298ac217f75c31f4cce42077e544942e9f82f296a5caf7"
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
+# The one small training the tests share (training, export): 2 epochs on 1,000 of the real images.
+TRAINED_SLICE = ["--epochs", "2", "--set", "data.train_limit=1000", "--set", "data.test_limit=100", "--set", "train.augment=false"]
+
+
+def train_args(out: Path, *extra: str) -> list[str]:
+    """`cifar-job train` arguments for TRAINED_SLICE of the real archive into `out`; `extra` may override."""
+    return ["train", "--data", str(REAL_ARCHIVE), "--checksum", f"sha256:{REAL_SHA256}", "--out", str(out), *TRAINED_SLICE, *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished training of TRAINED_SLICE, made once per session. Shared: copy it before changing anything."""
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = CliRunner().invoke(main, train_args(out))
+    assert result.exit_code == 0, result.output
+    return out
+
 
 @pytest.fixture(scope="session")
 def real_archive() -> Path:

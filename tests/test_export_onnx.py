@@ -20,13 +20,11 @@ from job.config import load_config
 from job.contract import scale
 from job.data import load_dataset
 
-from .conftest import CLASS_NAMES, REAL_SHA256
-
-SLICE = ["--epochs", "1", "--set", "data.train_limit=1000", "--set", "train.augment=false"]
+from .conftest import CLASS_NAMES, REAL_SHA256, TRAINED_SLICE
 
 
 def _args(command: str, real_archive: Path, run: Path, *extra: str) -> list[str]:
-    return [command, "--data", str(real_archive), "--checksum", f"sha256:{REAL_SHA256}", "--out", str(run), *SLICE, *extra]
+    return [command, "--data", str(real_archive), "--checksum", f"sha256:{REAL_SHA256}", "--out", str(run), *TRAINED_SLICE, *extra]
 
 
 def _sha(path: Path) -> str:
@@ -34,11 +32,9 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(real_archive: Path, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("export") / "run"
-    result = CliRunner().invoke(main, _args("train", real_archive, run))
-    assert result.exit_code == 0, result.output
-    return run
+def trained(trained_run: Path, tmp_path_factory) -> Path:
+    """This module's own copy of the session's training."""
+    return shutil.copytree(trained_run, tmp_path_factory.mktemp("export") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +73,15 @@ def test_the_graph_has_the_serving_signature_and_inference_ops_only(exported: Pa
 
 def test_metadata_tells_a_serving_team_what_to_feed_and_where_it_came_from(exported: Path, real_archive: Path) -> None:
     meta = {p.key: p.value for p in onnx.load(exported / "model.onnx").metadata_props}
-    config = load_config(env={}, overrides={"data.source": str(real_archive), "data.checksum": f"sha256:{REAL_SHA256}", "train.epochs": 1,
-                                            "data.train_limit": 1000, "train.augment": False})  # fmt: skip
+    config = load_config(env={}, overrides={"data.source": str(real_archive), "data.checksum": f"sha256:{REAL_SHA256}", "train.epochs": 2,
+                                            "data.train_limit": 1000, "data.test_limit": 100, "train.augment": False})  # fmt: skip
     assert json.loads(meta["class_names"]) == CLASS_NAMES
     assert (meta["input_name"], meta["output_name"]) == ("images", "probabilities")
     assert meta["input_layout"] == "float32 NHWC [N, 32, 32, 3], RGB" and "/ 255" in meta["input_scaling"]
     assert meta["training_config_digest"] == config.training_digest()
     assert json.loads(meta["training_config"])["train"] == config.to_dict()["train"]
     assert meta["dataset_sha256"] == REAL_SHA256
-    assert json.loads(meta["dataset"]) == {"source": str(real_archive), "train_images": 800, "validation_images": 200, "test_images": 10_000}
+    assert json.loads(meta["dataset"]) == {"source": str(real_archive), "train_images": 800, "validation_images": 200, "test_images": 100}
     assert meta["weights_sha256"] == _sha(exported / "best.weights.h5")
     assert meta["parameters"] == "2193226" and meta["onnx_opset"] == "17"
     assert meta["architecture"].startswith("reference_cnn: Conv2D(32, 3x3, relu) -> MaxPooling2D(2x2) -> Dropout(0.2) -> ")
@@ -153,7 +149,7 @@ def test_export_refuses_data_the_weights_were_not_trained_on(copy: Path, make_ar
     """The same config over another archive: the model's metadata would name data it never saw."""
     before = (copy / "model.onnx").read_bytes()
     other = make_archive()
-    result = CliRunner().invoke(main, ["export", "--data", str(other), "--checksum", "none", "--out", str(copy), *SLICE])
+    result = CliRunner().invoke(main, ["export", "--data", str(other), "--checksum", "none", "--out", str(copy), *TRAINED_SLICE])
     assert result.exit_code == 3, result.output
     assert result.stderr.strip().splitlines()[-1] == (
         f"cifar-job: error: data {other}: not the data set {copy} was trained on (fingerprints differ); export with the same data"

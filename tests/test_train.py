@@ -20,19 +20,12 @@ from job.cli import main
 from job.config import load_config
 from job.input_pipeline import training_dataset
 
-SLICE = ["--set", "data.train_limit=1500", "--set", "data.test_limit=100"]
+from .conftest import train_args
 
 
-def _train_args(real_archive: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(real_archive), "--out", str(out), *SLICE, *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(real_archive: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "run"
-    result = CliRunner().invoke(main, _train_args(real_archive, out, "--epochs", "2"))
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def trained(trained_run: Path) -> Path:
+    return trained_run
 
 
 def test_training_writes_weights_history_plots_and_result(trained: Path) -> None:
@@ -54,7 +47,7 @@ def test_training_writes_weights_history_plots_and_result(trained: Path) -> None
     with h5py.File(trained / "best.weights.h5") as weights:  # a plain Keras weights file
         assert sum(a.size for a in _arrays(weights).values()) == 2_193_226
     effective = (trained / "config.yaml").read_text()
-    assert "epochs: 2" in effective and "train_limit: 1500" in effective
+    assert "epochs: 2" in effective and "train_limit: 1000" in effective
 
 
 def test_best_weights_load_into_the_registered_model(trained: Path) -> None:
@@ -68,18 +61,16 @@ def test_best_weights_load_into_the_registered_model(trained: Path) -> None:
 
 def test_rerun_of_a_finished_run_does_not_train_again(trained: Path, real_archive: Path) -> None:
     before = (trained / "state" / "checkpoint.npz").stat().st_mtime_ns
-    result = CliRunner().invoke(main, _train_args(real_archive, trained, "--epochs", "2"))
+    result = CliRunner().invoke(main, train_args(trained))
     assert result.exit_code == 0
     assert result.stdout.startswith("trained 2 epochs (epoch limit)")
     assert (trained / "state" / "checkpoint.npz").stat().st_mtime_ns == before
 
 
-def test_a_different_training_config_cannot_reuse_the_run_directory(trained: Path, real_archive: Path) -> None:
-    (trained / "train.json").rename(trained / "train.json.bak")
-    try:
-        result = CliRunner().invoke(main, _train_args(real_archive, trained, "--epochs", "3", "--seed", "7"))
-    finally:
-        (trained / "train.json.bak").rename(trained / "train.json")
+def test_a_different_training_config_cannot_reuse_the_run_directory(trained: Path, real_archive: Path, tmp_path: Path) -> None:
+    run = shutil.copytree(trained, tmp_path / "run")
+    (run / "train.json").unlink()
+    result = CliRunner().invoke(main, train_args(run, "--epochs", "3", "--seed", "7"))
     assert result.exit_code == 2
     assert "holds a checkpoint of a different training config" in result.stderr
 
@@ -106,7 +97,7 @@ def _cli(*args: str) -> list[str]:
 
 def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(real_archive: Path, tmp_path: Path) -> None:
     """A real training process is preempted mid-epoch and restarted on the same run directory."""
-    args = ["--set", "data.train_limit=5000", "--set", "data.test_limit=100", "--epochs", "6"]
+    args = ["--set", "data.train_limit=2000", "--set", "data.test_limit=100", "--epochs", "4"]
     args += ["--set", "train.patience=2", "--set", "train.deterministic=true", "--seed", "3"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -153,7 +144,7 @@ def _arrays(group: h5py.Group) -> dict[str, np.ndarray]:
 def test_training_that_requires_a_gpu_fails_without_one_and_writes_nothing(real_archive: Path, tmp_path: Path) -> None:
     """This machine has no GPU: a GPU pod whose CUDA setup is broken must fail, not train on the CPU."""
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, _train_args(real_archive, out, "--set", "train.device=gpu"))
+    result = CliRunner().invoke(main, train_args(out, "--set", "train.device=gpu"))
     assert result.exit_code == 7
     assert result.stderr.strip().splitlines()[-1].startswith("cifar-job: error: train.device=gpu: TensorFlow sees no GPU")
     assert not out.exists()
@@ -211,7 +202,7 @@ def test_a_tampered_run_directory_is_one_line_naming_the_file_and_exit_5(trained
     run = shutil.copytree(trained, tmp_path / "run")
     tamper, message = TAMPERED[kind]
     tamper(run)
-    result = CliRunner().invoke(main, _train_args(real_archive, run, "--epochs", "2"))
+    result = CliRunner().invoke(main, train_args(run))
     assert result.exit_code == 5, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("cifar-job: error: " + message.format(run=run)) and "Traceback" not in result.stderr
@@ -238,7 +229,7 @@ def test_a_loss_that_becomes_nan_fails_training_with_exit_13_and_keeps_the_last_
                 bias.assign(np.full(bias.shape, np.nan, np.float32))
 
     poison = Poison()
-    overrides = {"out": str(run), "data.source": str(real_archive), "data.train_limit": 1500, "data.test_limit": 100, "train.epochs": 2}
+    overrides = {"out": str(run), "data.source": str(real_archive), "data.train_limit": 1000, "data.test_limit": 100, "train.epochs": 2}
     with pytest.raises(TrainingDiverged, match=r"loss became non-finite in epoch 2 \(loss nan, val_loss nan\).*Epochs 1\.\.1 are kept"):
         train_model(load_config(env={}, overrides=overrides), RunPaths(run), callbacks=[poison])
     assert checkpoint.read_bytes() == poison.saved and not (run / "train.json").exists()
@@ -252,7 +243,7 @@ def test_a_full_disk_during_training_is_one_line_exit_12_and_leaves_nothing_part
     # Mount, train, then list what the failed training left on the tmpfs (it vanishes with the namespace).
     script = 'd=$1; shift; mount -t tmpfs -o size=1m tmpfs "$d" || exit 99; "$@"; rc=$?; echo LEFT; find "$d" -type f; exit $rc'
     command = ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(out),
-               *_cli(*_train_args(real_archive, out / "run", "--epochs", "1"))]  # fmt: skip
+               *_cli(*train_args(out / "run", "--epochs", "1"))]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 12, done.stderr
     last = done.stderr.strip().splitlines()[-1]
