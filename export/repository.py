@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from job.atomic import fsync_dir, storage_errors
+from job.bounded import read_bounded
 from job.errors import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,10 @@ def versions(model_dir: Path) -> list[int]:
 def read_sidecar(version_dir: Path) -> dict[str, Any] | None:
     """The version's metadata.json, checked for what this code relies on; None if it has none."""
     path = version_dir / SIDECAR
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SIDECAR_BYTES + 1)
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except OSError as e:
-        raise ModelFileError(f"sidecar {path}: cannot read ({e.strerror})") from None
     try:
-        sidecar = json.loads(raw) if len(raw) <= MAX_SIDECAR_BYTES else None
+        sidecar = json.loads(read_bounded(path, MAX_SIDECAR_BYTES, ModelFileError, f"sidecar {path}"))
     except (ValueError, RecursionError):
         sidecar = None
     metrics = sidecar.get("metrics") if isinstance(sidecar, dict) else None

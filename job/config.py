@@ -33,6 +33,7 @@ from yaml.events import AliasEvent, ScalarEvent
 from yaml.resolver import Resolver
 
 from job.atomic import atomic_write
+from job.bounded import read_bounded
 from job.errors import ConfigError
 from job.redact import redact_url
 
@@ -354,13 +355,7 @@ def _load_yaml(text: str, where: str, lines: bool = True) -> Any:
 
 def _read_yaml(file: Path) -> dict[str, Any]:
     where = f"config file {label(file)}"
-    try:
-        with open(file, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    raw = read_bounded(file, MAX_FILE_BYTES, ConfigError, where)
     try:
         text = raw.decode()
     except UnicodeDecodeError as e:

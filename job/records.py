@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from job.bounded import read_bounded
 from job.errors import ModelFileError
 
 MAX_RECORD_BYTES = 64 << 20
@@ -19,14 +20,8 @@ MAX_RECORD_BYTES = 64 << 20
 
 def read_record(cls: type[Any], path: Path) -> Any:
     """The dataclass `cls` from the JSON file `path`."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RECORD_BYTES + 1)
-    except OSError as e:
-        raise ModelFileError(f"record {path}: cannot read ({e.strerror})") from None
-    if len(raw) > MAX_RECORD_BYTES:
-        raise ModelFileError(f"record {path}: larger than {MAX_RECORD_BYTES} bytes")
-    return parse_record(cls, raw, f"record {path}")
+    where = f"record {path}"
+    return parse_record(cls, read_bounded(path, MAX_RECORD_BYTES, ModelFileError, where), where)
 
 
 def parse_record(cls: type[Any], raw: bytes | str, where: str) -> Any:
