@@ -1,7 +1,6 @@
-"""The Dockerfile: hadolint, the image's shape, and its lock file.
+"""The Dockerfile: hadolint, the image's shape, its two lock files (GPU, CPU) and its build secrets.
 
-No image is built here (no container registry can be reached for the base image); see the
-README for what was and was not verified.
+These read the files only; tests/test_image.py (slow) builds the image with buildah and runs it.
 """
 
 from __future__ import annotations
@@ -93,3 +92,36 @@ def test_lock_pins_every_dependency_with_hashes_on_one_cuda_major() -> None:
     # The library directories onnxruntime's CUDA provider is pointed at come from those packages.
     for directory in re.findall(r"site-packages/nvidia/(\w+)/lib", DOCKERFILE):
         assert f"nvidia-{directory.replace('_', '-')}-cu12" in pins, directory
+
+
+CPU_LOCK = (ROOT / ".ci" / "image-requirements-cpu.txt").read_text()
+CPU_PINS = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", CPU_LOCK, flags=re.M))
+
+
+def test_default_base_is_pinned_by_digest_with_how_to_update_it() -> None:
+    args = dict(a.split("=", 1) for op, a in instructions(DOCKERFILE) if op == "ARG" and "=" in a)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", args["PYTHON_IMAGE"])
+    assert "To\n# update it:" in DOCKERFILE or "to update it" in DOCKERFILE.lower()
+
+
+def test_cpu_variant_is_the_gpu_lock_without_the_cuda_wheels() -> None:
+    """Both images run the same versions; the CPU one leaves out exactly the nvidia-* (CUDA, cuDNN) wheels."""
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", CPU_LOCK.split("\n", 2)[2].strip())
+    assert blocks and all("--hash=sha256:" in b for b in blocks) and len(blocks) == len(CPU_PINS)
+    cuda = {name for name in PINS if name.startswith("nvidia-")}
+    assert cuda and CPU_PINS == {name: version for name, version in PINS.items() if name not in cuda}
+    assert re.search(r"ARG VARIANT=gpu", DOCKERFILE) and '-r "/tmp/requirements-${VARIANT}.txt"' in DOCKERFILE
+    values = load_docs((ROOT / "charts" / "cifar-job" / "values-dev.yaml").read_text())[0]
+    assert values["gpu"]["count"] == 0 and values["image"]["tag"].endswith("-cpu")  # the dev environment runs the CPU image
+
+
+def test_proxy_ca_and_pip_config_are_build_secrets_not_layers() -> None:
+    """Behind a TLS-intercepting proxy the build needs the host's CA and pip.conf: as secret mounts of the
+    one RUN that installs, never COPY/ADD, ARG or ENV (tests/image/build.sh checks the built layers)."""
+    steps = instructions(DOCKERFILE)
+    installs = [a for op, a in steps if op == "RUN" and "--require-hashes" in a]
+    assert len(installs) == 1
+    assert "--mount=type=secret,id=ca," in installs[0] and "--mount=type=secret,id=pipconf," in installs[0]
+    for op, a in steps:
+        if op in ("COPY", "ADD", "ARG", "ENV"):
+            assert not re.search(r"pip\.conf|\.crt|\.pem|PIP_CERT|PIP_CONFIG_FILE|PIP_INDEX_URL", a), f"{op} {a}"
