@@ -4,7 +4,10 @@ Nothing read back from a file decides what is published: metrics.json can be edi
 publishing measures the model itself on the test split of the data set it was trained on
 (seconds) and stamps those numbers into the published model and its sidecar. The gate is
 judged under the lock against the model published at that moment. Triton and KServe serve
-the layout as it is (export/repository.py).
+the layout as it is (export/repository.py), with the model-level `config.pbtxt` and `labels.txt`
+derived from the graph (export/model_config.py) and rewritten on every publish, after the version.
+`publish_measured` is the one way a measured model enters the repository; the variants stage
+publishes through it too.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from export import repository
 from export.gate import GateResult, judge
+from export.model_config import CONFIG_FILE, LABELS_FILE, config_pbtxt, labels_txt
 from export.modelfile import load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_file, sha256_of
 from export.repository import MODEL_FILE, SIDECAR
 from export.scores import Measurement, measure, test_set_record
@@ -59,20 +64,43 @@ def publish_model(config: Config, paths: RunPaths, data: CifarData | None = None
     where = str(paths.onnx)
     blob = read_model(paths.onnx)
     model = load_onnx(blob, where)
-    model_dir = _writable_model_dir(config)
+    model_dir = writable_model_dir(config, config.publish.model_name)
     data = data if data is not None else load_dataset(config.data)
     test_set = test_set_record(metadata(model), data, config.validate_.allow_other_test_set, where)
     measured = measure(blob, data, config.validate_.device, config.validate_.batch_size, where)
+    result = publish_measured(
+        config, paths, model_dir, model, measured, test_set, judge_now=lambda published: judge(measured.scores(), config.gate, published), began=began
+    )
+    atomic_write(paths.publish_result, json.dumps(asdict(result), indent=2) + "\n")
+    log.info(result.summary())
+    return result
 
+
+def publish_measured(
+    config: Config,
+    paths: RunPaths,
+    model_dir: Path,
+    model: Any,
+    measured: Measurement,
+    test_set: dict[str, Any],
+    judge_now: Callable[[Path], GateResult],
+    began: float,
+    extra: Mapping[str, Any] | None = None,
+) -> PublishResult:
+    """Under the lock: reuse the version this model already has, or judge the gate now and publish the next one;
+    then (re)write the model-level files. `extra` joins the sidecar (a variant's provenance and parity)."""
+    files = _model_files(config, model, model_dir.name, measured.class_names, str(model_dir))
     with repository.locked(model_dir):
+        repository.check_model_files(model_dir, files)
         version = repository.version_of(model_dir, measured.model_sha256)
         newly = version is None
         if newly:
-            version = _publish_new(config, paths, measured, test_set, model, model_dir)
+            version = _publish_new(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), extra or {})
+        repository.write_model_files(model_dir, files)
 
     published = model_dir / str(version) / MODEL_FILE
-    result = PublishResult(
-        name=config.publish.model_name,
+    return PublishResult(
+        name=model_dir.name,
         version=version,
         directory=str(published.parent),
         sha256=sha256_file(published),
@@ -81,14 +109,19 @@ def publish_model(config: Config, paths: RunPaths, data: CifarData | None = None
         newly_published=newly,
         duration_s=round(time.monotonic() - began, 3),
     )
-    atomic_write(paths.publish_result, json.dumps(asdict(result), indent=2) + "\n")
-    log.info(result.summary())
-    return result
 
 
-def _writable_model_dir(config: Config) -> Path:
-    """`<publish.root>/<model_name>`, created and proven writable before any work."""
-    model_dir = config.publish.root / config.publish.model_name
+def _model_files(config: Config, model: Any, name: str, class_names: tuple[str, ...], where: str) -> dict[str, bytes]:
+    """config.pbtxt from the graph (the largest batch it is measured at is the largest Triton may form), and labels.txt."""
+    return {
+        CONFIG_FILE: config_pbtxt(model, name, config.validate_.batch_size, where).encode(),
+        LABELS_FILE: labels_txt(class_names).encode(),
+    }
+
+
+def writable_model_dir(config: Config, name: str) -> Path:
+    """`<publish.root>/<name>`, created and proven writable before any work."""
+    model_dir = config.publish.root / name
     try:
         with storage_errors(model_dir):
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -98,16 +131,18 @@ def _writable_model_dir(config: Config) -> Path:
     return model_dir
 
 
-def _publish_new(config: Config, paths: RunPaths, measured: Measurement, test_set: dict[str, Any], model: Any, model_dir: Path) -> int:
-    """Judge the gate against what is published now, then publish as the next version; call under the lock."""
-    gate = judge(measured.scores(), config.gate, model_dir)
+def _publish_new(
+    config: Config, paths: RunPaths, measured: Measurement, test_set: dict[str, Any], model: Any, model_dir: Path, gate: GateResult,
+    extra: Mapping[str, Any],
+) -> int:
+    """Enforce the gate judged against what is published now, then publish as the next version; call under the lock."""
     gate.enforce("nothing published")
     version = max(repository.versions(model_dir), default=0) + 1
     provenance = metadata(model)
     headline = _test_metrics(measured, test_set)
     set_metadata(model, {"test_metrics": json.dumps(headline)})
     stamped = model.SerializeToString()
-    sidecar = _sidecar(config, paths, measured, headline, gate, version, stamped, provenance)
+    sidecar = {**_sidecar(model_dir.name, paths, measured, headline, gate, version, stamped, provenance), **extra}
     repository.write_version(model_dir / str(version), {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode()})
     return version
 
@@ -127,12 +162,12 @@ def _test_metrics(measured: Measurement, test_set: dict[str, Any]) -> dict[str, 
 
 
 def _sidecar(
-    config: Config, paths: RunPaths, measured: Measurement, headline: dict[str, Any], gate: GateResult, version: int, blob: bytes, meta: dict[str, str]
+    name: str, paths: RunPaths, measured: Measurement, headline: dict[str, Any], gate: GateResult, version: int, blob: bytes, meta: dict[str, str]
 ) -> dict[str, Any]:
     """metadata.json: what a consumer checks (sha256), feeds (signature), expects (metrics) and traces (provenance)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "name": config.publish.model_name,
+        "name": name,
         "version": version,
         "file": MODEL_FILE,
         "sha256": sha256(blob),
@@ -160,7 +195,8 @@ def is_published(config: Config, paths: RunPaths) -> bool:
     if marker.get("validated_sha256") != sha256_of(paths.onnx) or not isinstance(marker.get("directory"), str):
         return False
     where = Path(marker["directory"])
-    return where.parent == config.publish.root / config.publish.model_name and marker.get("sha256") == sha256_of(where / MODEL_FILE)
+    model_dir = config.publish.root / config.publish.model_name
+    return where.parent == model_dir and marker.get("sha256") == sha256_of(where / MODEL_FILE) and (model_dir / CONFIG_FILE).is_file()
 
 
 STAGE = Stage("publish", run=lambda inputs: publish_model(inputs.config, inputs.paths, inputs.data()), is_complete=is_published)

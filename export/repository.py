@@ -1,4 +1,4 @@
-"""The serving repository on disk: `<root>/<name>/<version>/model.onnx` + `metadata.json`, as Triton reads it.
+"""The serving repository on disk: `<root>/<name>/<version>/model.onnx` + `metadata.json` beside `config.pbtxt` and `labels.txt`, as Triton reads it.
 
 Versions are directories named by ASCII digits only (what Triton parses as an int64; `²` or
 `٩` are not versions), and whatever the repository holds is read strictly: a version that is
@@ -18,11 +18,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from job.atomic import fsync_dir, storage_errors
+from job.atomic import atomic_write, fsync_dir, storage_errors
 from job.bounded import read_bounded
 from job.errors import ModelFileError
 
@@ -98,15 +98,18 @@ def version_of(model_dir: Path, validated_sha256: str) -> int | None:
 def locked(model_dir: Path) -> Iterator[None]:
     """An exclusive flock on `<model_dir>/.publish.lock`; the kernel drops it if the process dies.
 
-    Under the lock no one else is staging, so any staging directory is a crashed publish's
-    leftover and is removed first.
+    Under the lock no one else is staging, so any staging directory or temporary file is a
+    crashed publish's leftover and is removed first.
     """
     with storage_errors(model_dir / LOCK_FILE), open(model_dir / LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            for stale in model_dir.glob(STAGING_PREFIX + "*"):
+            for stale in [*model_dir.glob(STAGING_PREFIX + "*"), *model_dir.glob(".*.tmp")]:  # a version; a model-level file
                 log.warning("removing %s, left by an interrupted publish", stale)
-                shutil.rmtree(stale, ignore_errors=True)
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -132,3 +135,22 @@ def write_version(target: Path, files: dict[str, bytes]) -> None:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         fsync_dir(target.parent)
+
+
+def check_model_files(model_dir: Path, names: Iterable[str]) -> None:
+    """Refuse a model-level file that is a directory or a link before anything is published."""
+    for name in names:
+        path = model_dir / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ModelFileError(f"model repository {path}: must be a regular file (not a directory or link)")
+
+
+def write_model_files(model_dir: Path, files: dict[str, bytes]) -> None:
+    """Replace the model-level files (config.pbtxt, labels.txt) one by one, each atomically; call under `locked`.
+
+    Written after the version's rename and on every publish, so a crash in between leaves the
+    new version beside the previous files (whole; Triton reads them on its next poll) and the
+    rerun, which finds the version already published, rewrites them.
+    """
+    for name, data in files.items():
+        atomic_write(model_dir / name, data)

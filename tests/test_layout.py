@@ -24,7 +24,9 @@ SHELL = {
     "job.k8s_cli", "job.chart", "job.cluster", "job.chart_schema", "job.chart_docs",
 }  # fmt: skip
 # export/: base modules, then the stages in the order a run takes them.
-EXPORT_BASE = {"export.modelfile", "export.session", "export.scores", "export.repository", "export.gate", "export.report"}
+EXPORT_BASE = {
+    "export.modelfile", "export.session", "export.scores", "export.repository", "export.model_config", "export.gate", "export.report",
+}  # fmt: skip
 EXPORT_STAGES = ["export.convert", "export.validate", "export.publish"]
 MAY_IMPORT_EXPORT = {"job.cli", "job.stages"}  # the CLI and the stage runner, nothing else in job/
 

@@ -27,6 +27,7 @@ from job.paths import RunPaths
 
 from .conftest import REAL_ARCHIVE
 from .onnx_models import fit_mean_colour, mean_colour_model
+from .test_repository import assert_config_matches_graph
 
 NO_GATE = ["--set", "gate.min_accuracy=0", "--set", "gate.min_weighted_f1=0"]
 
@@ -106,6 +107,8 @@ def test_publish_writes_the_serving_layout_with_sidecar_and_metrics_in_the_model
     published = load_onnx((version_dir / "model.onnx").read_bytes(), "published")
     assert published.graph == validated_model.graph
     assert json.loads(metadata(published)["test_metrics"]) == sidecar["metrics"]
+    assert_config_matches_graph((root / "cifar10-cnn" / "config.pbtxt").read_text(), published, "cifar10-cnn")
+    assert (root / "cifar10-cnn" / "labels.txt").read_text().splitlines() == sidecar["class_names"] == metrics["class_names"]
     served = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     stamped = json.loads(served.get_modelmeta().custom_metadata_map["test_metrics"])
     assert stamped["accuracy"] == metrics["accuracy"] and stamped["images"] == 10_000
@@ -144,7 +147,7 @@ def test_a_failed_gate_publishes_nothing_and_exits_6(runs, tmp_path: Path, args:
     assert last.startswith("cifar-job: error: ") and message in last and last.endswith("; nothing published")
     assert versions(root / "cifar10-cnn") == [1] and _sha(_published(root, 1) / "model.onnx") == before
     assert not (runs["worse"] / "publish.json").exists()
-    assert [p.name for p in (root / "cifar10-cnn").iterdir() if not p.name.isdigit()] == [".publish.lock"]
+    assert sorted(p.name for p in (root / "cifar10-cnn").iterdir() if not p.name.isdigit()) == [".publish.lock", "config.pbtxt", "labels.txt"]
 
 
 def test_publish_measures_the_model_itself_so_an_edited_metrics_json_cannot_pass_the_gate(runs, tmp_path: Path) -> None:
@@ -189,6 +192,7 @@ def test_a_model_is_measured_only_on_the_data_set_it_was_trained_on(runs, tmp_pa
     [
         ("3", "a version must be a directory"),  # a file where a version would go
         ("sidecar", "not a metadata.json written by cifar-job"),  # a version whose sidecar lost its metrics
+        ("config.pbtxt", "must be a regular file"),  # a directory where the model's config goes
     ],
 )
 def test_a_tampered_repository_is_refused_with_one_line_naming_the_file(runs, tmp_path: Path, entry: str, problem: str) -> None:
@@ -199,6 +203,9 @@ def test_a_tampered_repository_is_refused_with_one_line_naming_the_file(runs, tm
         sidecar = json.loads((model_dir / "1" / "metadata.json").read_text())
         del sidecar["metrics"]
         (model_dir / "1" / "metadata.json").write_text(json.dumps(sidecar))
+    elif entry == "config.pbtxt":
+        (model_dir / entry).unlink()
+        (model_dir / entry).mkdir()
     else:
         (model_dir / entry).write_text("not a version")
     result = _publish(runs["worse"], root, *NO_GATE, "--set", "gate.max_regression=1")
@@ -235,8 +242,18 @@ KILL_POINTS = {
     "before writing the model": ("open", ".staging-|model.onnx"),
     "before writing the sidecar": ("open", ".staging-|metadata.json"),
     "before the rename": ("os.rename", ".staging-"),
+    "after the rename, before config.pbtxt": ("os.rename", "config.pbtxt"),
+    "after the rename, before labels.txt": ("os.rename", "labels.txt"),
     "after the rename, before publish.json": ("os.rename", "publish.json"),
 }
+
+
+def _model_files_match(model_dir: Path) -> bool:
+    """config.pbtxt and labels.txt are whole and describe the model (the same signature and classes in every version)."""
+    config = (model_dir / "config.pbtxt").read_text()
+    return config.startswith('name: "cifar10-cnn"\n') and config.endswith("dynamic_batching { }\n") and (
+        (model_dir / "labels.txt").read_text().splitlines() == json.loads((model_dir / "1" / "metadata.json").read_text())["class_names"]
+    )
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -256,13 +273,14 @@ def test_a_publish_killed_midway_leaves_the_previous_version_intact(runs, tmp_pa
     assert _intact(_published(root, 1)) and _sha(_published(root, 1) / "model.onnx") == v1
     assert renamed or any(p.name.startswith(".staging-") for p in model_dir.iterdir())  # the crash left its debris
     assert not renamed or _intact(_published(root, 2))  # a visible version is always complete
+    assert _model_files_match(model_dir)  # the previous publish's files, whole: each is replaced atomically
     assert not (runs["worse"] / "publish.json").exists()
 
     rerun = _publish(runs["worse"], root, *NO_GATE)
     assert rerun.exit_code == 0, rerun.output
     assert rerun.stdout.startswith("already published:" if renamed else "published:")
-    assert versions(model_dir) == [1, 2] and _intact(_published(root, 2))
-    assert not any(p.name.startswith(".staging-") for p in model_dir.iterdir())
+    assert versions(model_dir) == [1, 2] and _intact(_published(root, 2)) and _model_files_match(model_dir)
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == [".publish.lock"]  # no staging, no temporary file
 
 
 def test_concurrent_publishers_get_distinct_versions(runs, tmp_path: Path) -> None:
