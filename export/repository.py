@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from job.atomic import atomic_write, fsync_dir, storage_errors
+from job.atomic import atomic_path, fsync_dir, storage_errors
 from job.bounded import read_bounded
 from job.errors import ModelFileError
 
@@ -153,4 +153,6 @@ def write_model_files(model_dir: Path, files: dict[str, bytes]) -> None:
     rerun, which finds the version already published, rewrites them.
     """
     for name, data in files.items():
-        atomic_write(model_dir / name, data)
+        with atomic_path(model_dir / name) as tmp:
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user

@@ -24,7 +24,6 @@ from job.fingerprint import dataset_fingerprint
 log = logging.getLogger(__name__)
 
 
-
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
     return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -83,6 +82,11 @@ class Measurement:
 
 def measure(blob: bytes, data: CifarData, device: str, batch_size: int, where: str) -> Measurement:
     """Run the model `blob` on the test split of `data` and score it; a model that outputs non-finite values fails."""
+    return measure_outputs(blob, data, device, batch_size, where)[0]
+
+
+def measure_outputs(blob: bytes, data: CifarData, device: str, batch_size: int, where: str) -> tuple[Measurement, np.ndarray]:
+    """`measure`, and the probabilities it scored: what `parity` compares between a variant and its float model."""
     session = open_session(blob, device, where)
     began = time.monotonic()
     probabilities, latencies = predict(session, data.test_images, batch_size)
@@ -90,7 +94,7 @@ def measure(blob: bytes, data: CifarData, device: str, batch_size: int, where: s
         raise ModelFileError(f"model {where}: outputs non-finite probabilities on the test set")
     cm = confusion_matrix(data.test_labels, probabilities.argmax(axis=1), len(data.class_names))
     scores = classification_scores(cm, data.class_names)
-    return Measurement(
+    measured = Measurement(
         model_sha256=sha256(blob),
         class_names=data.class_names,
         **scores,
@@ -101,6 +105,16 @@ def measure(blob: bytes, data: CifarData, device: str, batch_size: int, where: s
         batch_latencies_s=tuple(latencies),
         duration_s=round(time.monotonic() - began, 3),
     )
+    return measured, probabilities
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """How far a variant's test-set probabilities are from its float model's: the largest absolute difference and
+    the share of images whose top class agrees."""
+    return {
+        "max_abs_difference": float(np.abs(reference - candidate).max()),
+        "top1_agreement": float((reference.argmax(axis=1) == candidate.argmax(axis=1)).mean()),
+    }
 
 
 def test_set_record(meta: Mapping[str, str], data: CifarData, allow_other: bool, where: str) -> dict[str, Any]:

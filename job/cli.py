@@ -235,6 +235,14 @@ def publish(config: Config) -> None:
 
 
 @main.command()
+@_device_option("validate_device", "onnxruntime")
+@config_options
+def variants(config: Config) -> None:
+    """Make the INT8 and FP16 variants of the published model; publish each that passes its own gate (variants.*)."""
+    _run_one(config, "variants")
+
+
+@main.command()
 @_device_option("device", "training and onnxruntime")
 @config_options
 def run(config: Config) -> None:

@@ -196,6 +196,36 @@ class PublishConfig(_Section):
     model_name: str = Field("cifar10-cnn", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="Model name in the serving repository.")
 
 
+class VariantsConfig(_Section):
+    """Reduced-precision models published beside the float model, each with its own gate."""
+
+    enabled: list[Literal["int8", "fp16"]] = Field(
+        ["int8", "fp16"],
+        description="Variants published as <model_name>-<variant>: int8 (static QDQ, per-channel; for CPUs), fp16 (float32 I/O; "
+        "for GPUs); [] for none. In the environment: comma-separated.",
+    )
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="A variant is published only if its test accuracy is at most this below the float model's, measured in the same run."
+    )
+    calibration_images: int = Field(
+        512, ge=1, le=TRAIN_IMAGES, description="Training images (a seeded sample of the training split, never test images) that calibrate int8."
+    )
+    calibration_seed: Seed = Field(0, description="Seed of the calibration sample.")
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """An environment variable holds text: `int8,fp16`."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("enabled")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("unique", "expected each variant at most once")
+        return value
+
+
 class MetricsConfig(_Section):
     port: int = Field(0, ge=0, le=65535, description="Port of the /metrics endpoint; 0 turns it off.")
     address: Annotated[str, AfterValidator(_host)] = Field(
@@ -222,6 +252,7 @@ class Config(_Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
+    variants: VariantsConfig = VariantsConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     model_config = ConfigDict(populate_by_name=True)

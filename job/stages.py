@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Callable
 
-from export import convert, publish, validate
+from export import convert, publish, validate, variants
 from job import train
 from job.config import Config
 from job.metrics import RunMetrics
@@ -21,7 +21,7 @@ from job.stage import Result, Stage, StageInputs
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[Stage, ...] = (train.STAGE, convert.STAGE, validate.STAGE, publish.STAGE)
+STAGES: tuple[Stage, ...] = (train.STAGE, convert.STAGE, validate.STAGE, publish.STAGE, variants.STAGE)
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 

@@ -25,9 +25,10 @@ SHELL = {
 }  # fmt: skip
 # export/: base modules, then the stages in the order a run takes them.
 EXPORT_BASE = {
-    "export.modelfile", "export.session", "export.scores", "export.repository", "export.model_config", "export.gate", "export.report",
+    "export.modelfile", "export.session", "export.scores", "export.repository", "export.model_config", "export.precision", "export.gate",
+    "export.report",
 }  # fmt: skip
-EXPORT_STAGES = ["export.convert", "export.validate", "export.publish"]
+EXPORT_STAGES = ["export.convert", "export.validate", "export.publish", "export.variants"]
 MAY_IMPORT_EXPORT = {"job.cli", "job.stages"}  # the CLI and the stage runner, nothing else in job/
 
 
