@@ -21,14 +21,15 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, 
 
 
 @contextlib.contextmanager
-def storage_errors(path: Path) -> Iterator[None]:
-    """Turn an OSError of full or failing storage raised in the body into a `StorageFull` for `path`."""
+def storage_errors(path: Path | None = None) -> Iterator[None]:
+    """Turn an OSError of full or failing storage raised in the body into a `StorageFull` for `path`
+    (default: the file the error names)."""
     try:
         yield
     except OSError as e:
         if e.errno not in STORAGE_ERRNOS:
             raise
-        raise StorageFull(f"file {path}: cannot write ({os.strerror(e.errno)}); nothing was changed") from None
+        raise StorageFull(f"file {path or e.filename or '(unnamed)'}: cannot write ({os.strerror(e.errno)}); nothing was changed") from None
 
 
 @contextlib.contextmanager

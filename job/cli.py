@@ -66,6 +66,7 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
+from job.atomic import storage_errors  # noqa: E402
 from job.config import Config, load_config, parse_sets  # noqa: E402
 from job.k8s_cli import k8s  # noqa: E402
 from job.metrics_session import metrics_session  # noqa: E402
@@ -100,7 +101,8 @@ class _JobGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         _Process.command_running, _Process.raised = True, False
         try:
-            return super().invoke(ctx)
+            with storage_errors():  # a full disk anywhere is exit 12 and one line; the writers leave nothing partial
+                return super().invoke(ctx)
         except EXPECTED_FAILURES as e:
             click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -92,3 +94,12 @@ def make_archive(tmp_path: Path, cifar_files: dict[str, bytes]) -> Callable[...,
 def synthetic_archive(tmp_path_factory: pytest.TempPathFactory, cifar_files: dict[str, bytes]) -> Path:
     """One valid synthetic archive shared by tests that only read it."""
     return write_archive(tmp_path_factory.mktemp("synthetic") / "cifar.tar.gz", cifar_files)
+
+
+def on_tmpfs(directory: Path, options: str, *args: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run `cifar-job ARGS` with a real tmpfs (mount `options`, e.g. size=1m or ro) on `directory`, in a
+    private mount namespace; return the process and the files it left there (the tmpfs goes with it)."""
+    script = 'd=$1; shift; mount -t tmpfs -o "$1" tmpfs "$d" || exit 99; shift; "$@"; rc=$?; echo LEFT; find "$d" -type f; exit $rc'
+    command = ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(directory), options, sys.executable, "-m", "job", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return done, done.stdout.split("LEFT\n")[-1].split()

@@ -25,7 +25,7 @@ from job.data import load_dataset
 from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
 
-from .conftest import REAL_ARCHIVE
+from .conftest import REAL_ARCHIVE, on_tmpfs
 from .onnx_models import fit_mean_colour, mean_colour_model
 from .test_repository import assert_config_matches_graph
 
@@ -213,6 +213,19 @@ def test_a_tampered_repository_is_refused_with_one_line_naming_the_file(runs, tm
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("cifar-job: error: ") and problem in line and str(model_dir) in line and "Traceback" not in result.stderr
     assert not (model_dir / "2").exists()
+
+
+@pytest.mark.parametrize("options, code, problem", [("size=4k", 12, "No space left on device"), ("ro", 12, "Read-only file system")])
+def test_a_full_or_read_only_repository_is_one_line_exit_12_and_leaves_nothing(runs, tmp_path: Path, options: str, code: int, problem: str) -> None:
+    """publish.root on a real tmpfs too small for a version (one page), or mounted read-only."""
+    root = tmp_path / "models"
+    root.mkdir()
+    done, left = on_tmpfs(root, options, "publish", *_args(runs["good"], root), *NO_GATE)
+    assert done.returncode == code, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cifar-job: error: file {root}/cifar10-cnn") and problem in last and "Traceback" not in done.stderr
+    assert not [f for f in left if "/1/" in f or ".staging-" in f], left  # no version, no staging debris
+    assert not (runs["good"] / "publish.json").exists()
 
 
 def test_only_ascii_digit_directories_are_versions(runs, tmp_path: Path) -> None:

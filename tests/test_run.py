@@ -84,10 +84,16 @@ def test_rerunning_a_complete_run_does_nothing(done: tuple[Path, Path], real_arc
     assert _stamps(run) == before and versions(root / "cifar10-cnn") == [1]
 
 
-def test_a_rerun_resumes_at_the_first_incomplete_stage(copied: tuple[Path, Path], real_archive: Path) -> None:
+@pytest.mark.parametrize("damage", ["missing", "wrong shape", "not JSON"])
+def test_a_rerun_resumes_at_the_first_incomplete_stage(copied: tuple[Path, Path], real_archive: Path, damage: str) -> None:
+    """A marker that is missing, or that this code did not write, means its stage is redone."""
     run, root = copied
     before = _stamps(run)
-    (run / "metrics.json").unlink()
+    marker = run / "metrics.json"
+    if damage == "missing":
+        marker.unlink()
+    else:
+        marker.write_text('[{"model": {"sha256": 1}}]' if damage == "wrong shape" else '{"model": ')
     result = _run(real_archive, run, root, *NO_GATE)
     assert result.exit_code == 0, result.output
     assert "resuming at validate -> publish" in result.stderr

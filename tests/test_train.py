@@ -20,7 +20,7 @@ from job.cli import main
 from job.config import load_config
 from job.input_pipeline import training_dataset
 
-from .conftest import train_args
+from .conftest import on_tmpfs, train_args
 
 
 @pytest.fixture
@@ -240,14 +240,9 @@ def test_a_full_disk_during_training_is_one_line_exit_12_and_leaves_nothing_part
     """--out on a real 1 MiB tmpfs (a private mount namespace): the 8.8 MB best weights cannot fit."""
     out = tmp_path / "small"
     out.mkdir()
-    # Mount, train, then list what the failed training left on the tmpfs (it vanishes with the namespace).
-    script = 'd=$1; shift; mount -t tmpfs -o size=1m tmpfs "$d" || exit 99; "$@"; rc=$?; echo LEFT; find "$d" -type f; exit $rc'
-    command = ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(out),
-               *_cli(*train_args(out / "run", "--epochs", "1"))]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done, left = on_tmpfs(out, "size=1m", *train_args(out / "run", "--epochs", "1"))
     assert done.returncode == 12, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"cifar-job: error: file {out}/run/best.weights.h5: ") and "nothing was changed" in last
     assert "Traceback" not in done.stderr
-    left = done.stdout.split("LEFT\n")[1].split()
     assert left and not [f for f in left if ".tmp" in f or f.endswith(".h5")], left  # no partial weights, no temporary files
