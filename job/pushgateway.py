@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from job.bounded import read_bounded
 from job.errors import ConfigError
 from job.redact import redact_url
 
@@ -128,13 +129,7 @@ def _check_url(url: str) -> None:
 
 
 def _read_password(path: Path) -> str:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_PASSWORD_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{PASSWORD_FILE_ENV} {path}: cannot read ({e.strerror or type(e).__name__})") from None
-    if len(raw) > MAX_PASSWORD_BYTES:
-        raise ConfigError(f"{PASSWORD_FILE_ENV} {path}: more than {MAX_PASSWORD_BYTES} bytes, not a password file")
+    raw = read_bounded(path, MAX_PASSWORD_BYTES, ConfigError, f"{PASSWORD_FILE_ENV} {path}")
     try:
         password = raw.decode("utf-8").rstrip("\r\n")  # `echo pw > file` and most Secret tooling add a newline
     except UnicodeDecodeError:

@@ -527,7 +527,7 @@ def test_a_malformed_pushgateway_url_is_a_config_error_before_any_work(url: str,
         ("push:er", "password", "cannot contain ':'"),
         ("pusher", "missing", "cannot read (No such file or directory)"),
         ("pusher", "empty", "empty"),
-        ("pusher", "/dev/zero", "more than 4096 bytes"),
+        ("pusher", "/dev/zero", "larger than 4096 bytes"),
     ],
 )
 def test_unusable_credentials_are_config_errors(username: str | None, password_file: str | None, problem: str, tmp_path: Path) -> None:
