@@ -6,6 +6,7 @@ from it either is exactly what this code wrote or is a `ModelFileError` naming t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import typing
@@ -16,6 +17,17 @@ from job.bounded import read_bounded
 from job.errors import ModelFileError
 
 MAX_RECORD_BYTES = 64 << 20
+
+
+class Record:
+    """Mixin for a stage's result dataclass: it writes itself as JSON and reads itself back strictly."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"  # type: ignore[call-overload]
+
+    @classmethod
+    def load(cls, path: Path) -> Any:
+        return read_record(cls, path)
 
 
 def read_record(cls: type[Any], path: Path) -> Any:

@@ -35,7 +35,7 @@ from job.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError
 from job.fingerprint import dataset_fingerprint
 from job.history import write_history
 from job.paths import RunPaths
-from job.records import parse_record, read_marker, read_record
+from job.records import Record, parse_record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class TrainState:
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(Record):
     epochs_run: int
     best_epoch: int
     best_val_loss: float
@@ -76,17 +76,13 @@ class TrainResult:
             f"{self.train_seconds:.0f} s on {', '.join(self.devices)}"
         )
 
-    @classmethod
-    def load(cls, paths: RunPaths) -> TrainResult:
-        """train.json as written by this code, or a `ModelFileError` naming it."""
-        return read_record(cls, paths.train_result)
 
 
 def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), data: CifarData | None = None) -> TrainResult:
     """Train (or resume, or return the finished result of) the run in `paths`; `data` if already loaded."""
     digest = config.training_digest()
     if paths.train_result.exists():
-        done = TrainResult.load(paths)
+        done = TrainResult.load(paths.train_result)
         if done.config_digest == digest:
             log.info("training already complete in %s", paths.root)
             return done
@@ -148,7 +144,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         config_digest=digest,
         dataset_fingerprint=fingerprint,
     )
-    atomic_write(paths.train_result, json.dumps(asdict(result), indent=2))
+    atomic_write(paths.train_result, result.to_json())
     log.info(result.summary())
     return result
 
