@@ -4,7 +4,7 @@ The README's KServe example is this module's output, so its numbers are real:
 
     .venv/bin/python -m tests.kserve_request [--model MODEL.onnx] [--full]
 
-prints the request for test image 0 of the shared archive (pixels scaled as job/contract.py says)
+prints (on stdout, one JSON document a line) the request for test image 0 of the shared archive (pixels scaled as job/contract.py says)
 and, with --model, the response onnxruntime computes for it, in the shape a v2 server returns.
 Without --full the input's 3,072 values are cut to the first few, as the README shows them.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     image, label = cifar_test_image()
     request = v2_request(image)
-    print(f"# test image 0 of {ARCHIVE.name}: {label}")
+    print(f"test image 0 of {ARCHIVE.name}: {label}", file=sys.stderr)  # stdout stays a request file
     print(json.dumps(request) if args.full else shown(request))
     if args.model:
         response = v2_response(args.model, request, args.model.parent.parent.name, args.model.parent.name)
