@@ -79,3 +79,19 @@ def test_there_are_no_import_cycles(graph) -> None:
     modules = sorted(m for m in graph.modules if m not in ("job", "export"))
     cycles = [(a, b) for a in modules for b in _imports(graph, a) if graph.chain_exists(importer=b, imported=a)]
     assert cycles == []
+
+
+# Among the metrics modules: declarations <- server, push <- session; the Keras callback imports no job module.
+METRICS_FAMILY = {
+    "job.metrics_callback": set(),
+    "job.metrics": {"job.metrics_callback"},
+    "job.metrics_server": set(),
+    "job.pushgateway": set(),
+    "job.metrics_session": {"job.metrics", "job.metrics_server", "job.pushgateway"},
+}
+
+
+def test_metrics_modules_depend_one_way(graph) -> None:
+    for module, may_import in METRICS_FAMILY.items():
+        assert _imports(graph, module) & METRICS_FAMILY.keys() <= may_import, module
+    assert _imports(graph, "job.metrics_callback") == set()

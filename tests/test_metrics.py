@@ -33,8 +33,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from export.gate import check_gate
 from export.convert import ExportResult
+from export.gate import check_gate
 from export.scores import classification_scores, confusion_matrix
 from export.validate import ValidationResult
 from job.config import Config, GateConfig, load_config
@@ -42,7 +42,7 @@ from job.errors import ConfigError, DataError, GateFailed, Preempted
 from job.metrics import RunMetrics, reference
 from job.metrics_server import CLIENT_TIMEOUT_SECONDS
 from job.metrics_session import metrics_session
-from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV, Pushgateway, PushFailed
+from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV, PushFailed, Pushgateway
 
 from .conftest import CLASS_NAMES
 
@@ -819,33 +819,3 @@ def test_results_are_read_through_their_protocols_not_their_types(tmp_path: Path
     assert "cifar_job_export_model_size_bytes 42.0" in exposed and "cifar_job_validation_accuracy_ratio 0.75" in exposed
     metrics.record_outcome(None)
     assert "cifar_job_gate_passed 0.0" in generate_latest(metrics.outcome.registry).decode()
-
-
-def _job_imports(module: str) -> set[str]:
-    """The job/ and export/ modules `module` imports anywhere in its source, TYPE_CHECKING and function bodies included."""
-    import ast
-
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module in ("job", "export"):  # from job import config
-            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-    return {name for name in imported if name.split(".")[0] in ("job", "export")}
-
-
-@pytest.mark.parametrize(
-    ("module", "may_import"),
-    [
-        ("job.metrics", {"job.config", "job.errors", "job.metrics_callback"}),
-        ("job.metrics_callback", set()),
-        ("job.metrics_server", {"job.errors"}),
-        ("job.pushgateway", {"job.errors", "job.redact"}),
-        ("job.metrics_session", {"job.config", "job.errors", "job.metrics", "job.metrics_server", "job.pushgateway"}),
-    ],
-)
-def test_metrics_modules_depend_one_way(module: str, may_import: set[str]) -> None:
-    """Declarations <- server, push <- session <- CLI; the Keras callback imports no job module; none imports export/."""
-    assert _job_imports(module) <= may_import
