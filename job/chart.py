@@ -20,7 +20,7 @@ from job.errors import ConfigError
 DEFAULT_CHART = Path(__file__).resolve().parents[1] / "charts" / "cifar-job"
 RELEASE = "cifar-job"
 # Helm's install order for the kinds the chart renders.
-_ORDER = ("NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule")
+_ORDER = ("NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule", "InferenceService")
 
 
 def load_values(files: Sequence[Path] = (), sets: Sequence[str] = ()) -> dict[str, Any]:

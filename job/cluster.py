@@ -49,7 +49,8 @@ _CORE = {  # kind -> (client API class, snake-case name in its create_namespaced
     "ConfigMap": ("CoreV1Api", "config_map"),
     "Job": ("BatchV1Api", "job"),
 }
-_CUSTOM = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}  # Prometheus Operator CRDs
+# Custom resources (Prometheus Operator, KServe): optional companions, skipped with a warning without their CRDs.
+_CUSTOM = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules", "InferenceService": "inferenceservices"}
 _EPOCH = datetime.fromtimestamp(0, timezone.utc)
 _EXIT_REASONS = {0: "success"} | {
     cls.exit_code: cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.EXPECTED_FAILURES)
@@ -193,7 +194,7 @@ def _ensure(target: Target, obj: Mapping[str, Any]) -> None:
             if e.status == 409:
                 log.info("kept the existing %s", what)
             elif obj["kind"] in _CUSTOM and e.status in (403, 404):
-                log.warning("%s not created (no Prometheus Operator CRDs, or not allowed): %s", what, _server_message(e))
+                log.warning("%s not created (its CRD is not installed, or not allowed): %s", what, _server_message(e))
             else:
                 raise
 

@@ -126,6 +126,14 @@ def test_submit_creates_the_job_its_companions_and_its_owned_config(k8s: Cluster
         assert stored is not None and stored.get("spec") == expected[kind].get("spec"), kind
 
 
+def test_submit_creates_the_inference_service_when_kserve_is_enabled(k8s: Cluster) -> None:
+    result = k8s.cli("k8s", "submit", "--set", "kserve.enabled=true", "--name", "run-s")
+    assert result.exit_code == 0, result.output
+    expected = {d["kind"]: d for d in chart.objects(chart.render(chart.load_values([], ["kserve.enabled=true"]), run_name="run-s"))}
+    stored = k8s.stored("inferenceservices", expected["InferenceService"]["metadata"]["name"])
+    assert stored is not None and stored["spec"] == expected["InferenceService"]["spec"]
+
+
 def test_submit_uses_the_contexts_namespace_unless_told(k8s: Cluster) -> None:
     assert k8s.cli("k8s", "submit", "--name", "run-a").exit_code == 0
     assert k8s.cli("k8s", "submit", "--name", "run-b", "-n", "research").exit_code == 0
