@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from job.errors import ConfigError, DataError, ExportError, ModelFileError
 from job.fingerprint import dataset_fingerprint
 from job.model import build_model
 from job.paths import RunPaths
-from job.records import read_marker
+from job.records import Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ PARITY_BATCH = 256
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportResult(Record):
     onnx_sha256: str
     size_bytes: int
     weights_sha256: str
@@ -93,7 +93,7 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
     )
     paths.begin(config)
     atomic_write(paths.onnx, blob)
-    atomic_write(paths.export_result, json.dumps(asdict(result), indent=2))
+    atomic_write(paths.export_result, result.to_json())
     log.info(result.summary())
     return result
 

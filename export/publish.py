@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from job.contract import INPUT_NAME, OUTPUT_NAME
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError
 from job.paths import RunPaths
-from job.records import read_marker
+from job.records import Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ SCHEMA_VERSION = 2  # 2: metrics measured by publish itself, with the test set t
 
 
 @dataclass(frozen=True)
-class PublishResult:
+class PublishResult(Record):
     name: str
     version: int
     directory: str
@@ -71,7 +71,7 @@ def publish_model(config: Config, paths: RunPaths, data: CifarData | None = None
     result = publish_measured(
         config, paths, model_dir, model, measured, test_set, judge_now=lambda published: judge(measured.scores(), config.gate, published), began=began
     )
-    atomic_write(paths.publish_result, json.dumps(asdict(result), indent=2) + "\n")
+    atomic_write(paths.publish_result, result.to_json())
     log.info(result.summary())
     return result
 

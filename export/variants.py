@@ -20,10 +20,9 @@ finds the ones already published by their sha256, so nothing is published twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from job.config import Config
 from job.data import CifarData, load_dataset
 from job.errors import ModelFileError
 from job.paths import RunPaths
-from job.records import read_marker
+from job.records import Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class VariantOutcome:
 
 
 @dataclass(frozen=True)
-class VariantsResult:
+class VariantsResult(Record):
     float_name: str
     float_version: int
     float_validated_sha256: str
@@ -117,7 +116,7 @@ def publish_variants(config: Config, paths: RunPaths, data: CifarData | None = N
         variants=outcomes,
         duration_s=round(time.monotonic() - began, 3),
     )
-    atomic_write(paths.root / MARKER, json.dumps(asdict(result), indent=2) + "\n")
+    atomic_write(paths.root / MARKER, result.to_json())
     log.info(result.summary())
     return result
 
