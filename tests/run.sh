@@ -42,4 +42,6 @@ if ! kubectl_ok; then
 fi
 export PATH="$PWD/$TOOLS/bin:$PATH"
 
-exec .venv/bin/python -m pytest "$@"
+# One worker per core (pytest-xdist); each test file stays on one worker, so its module and session
+# fixtures (a training, Prometheus, the API emulator) are made once there. `-n 0` runs serially.
+exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"
