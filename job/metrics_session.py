@@ -16,7 +16,7 @@ from job.config import Config
 from job.errors import Preempted
 from job.metrics import RunMetrics
 from job.metrics_server import MetricsServer
-from job.pushgateway import Pushgateway, PushFailed
+from job.pushgateway import PushFailed, Pushgateway
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from job.cli import main
 from job.contract import CLASS_COUNT, INPUT_NAME, OUTPUT_NAME
 
 from .k8s_tools import CHART, ENVIRONMENTS, K8S, ROOT, kube_validate, load_docs
-from .kserve_request import shown, cifar_test_image, v2_request
+from .kserve_request import cifar_test_image, shown, v2_request
 from .kserve_schema import inference_service_schema
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs

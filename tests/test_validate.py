@@ -177,8 +177,8 @@ def test_a_model_that_outputs_nan_is_refused(real_archive: Path, tmp_path: Path,
 def test_a_model_is_validated_only_on_the_data_set_it_was_trained_on(real_archive: Path, tmp_path: Path, data, model, make_archive) -> None:
     other = make_archive()
     unbound = mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels))  # exported elsewhere: no fingerprint
-    for model, source in ((unbound, real_archive), (model, other)):
-        run = _run_dir(tmp_path, model)
+    for candidate, source in ((unbound, real_archive), (model, other)):
+        run = _run_dir(tmp_path, candidate)
         with pytest.raises(DataError, match=r"not the data set model .* was trained on .*validate.allow_other_test_set=true"):
             validate_model(_config(real_archive, run, data__source=str(source), data__checksum="none"), RunPaths(run))
         assert sorted(p.name for p in run.iterdir()) == ["model.onnx"]
