@@ -25,7 +25,6 @@ from job.config import Config
 from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_LAYOUT, INPUT_NAME, INPUT_SCALING, OUTPUT_MEANING, OUTPUT_NAME, scale
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError, DataError, ExportError, ModelFileError
-from job.fingerprint import dataset_fingerprint
 from job.model import build_model
 from job.paths import RunPaths
 from job.records import Record, read_marker
@@ -65,7 +64,7 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
     weights_sha256 = sha256_file(paths.best_weights)
     model = _load_keras(config, paths)
     data = data if data is not None else load_dataset(config.data)
-    if dataset_fingerprint(data) != trained_on:
+    if data.fingerprint != trained_on:
         raise DataError(f"data {data.source}: not the data set {paths.root} was trained on (fingerprints differ); export with the same data")
 
     proto = _convert(model, config.export.opset)

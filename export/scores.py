@@ -19,7 +19,6 @@ from export.modelfile import sha256
 from export.session import open_session, predict
 from job.data import CifarData
 from job.errors import DataError, ModelFileError
-from job.fingerprint import dataset_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def test_set_record(meta: Mapping[str, str], data: CifarData, allow_other: bool,
     (another archive, split or limit) is refused unless `allow_other` says so, and is then
     recorded as such.
     """
-    fingerprint = dataset_fingerprint(data)
+    fingerprint = data.fingerprint
     trained_on = meta.get("dataset_fingerprint", "")
     if fingerprint != trained_on:
         problem = f"not the data set model {where} was trained on (fingerprint {fingerprint[:12]}, model {trained_on[:12] or 'unknown'})"

@@ -276,7 +276,7 @@ class Config(_Section):
         """sha256 of the settings that determine the trained weights (data, model, train).
 
         Where the data comes from and how it is verified are left out: the data set's content is
-        bound separately, by its fingerprint (job/fingerprint.py).
+        bound separately, by its fingerprint (CifarData.fingerprint).
         """
         d = self.to_dict()
         relevant = {k: d[k] for k in ("data", "model", "train")}

@@ -11,7 +11,9 @@ one-line `DataError` naming the source and the problem. No TensorFlow here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -44,6 +46,22 @@ class CifarData:
     class_names: tuple[str, ...]
     source: str
     sha256: str | None
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The identity of the content: what binds a model to the data it was trained on.
+
+        sha256 over the class names and every split's images and labels in a fixed order. Training
+        records it, export stamps it into the model, and validation and publishing refuse another
+        test set unless the user says so. It hashes the decoded arrays, not the archive, so an archive
+        and its extracted directory agree, and another split seed, limit or archive does not. Computed
+        once per loaded data set, however many stages of a run ask.
+        """
+        digest = hashlib.sha256(json.dumps(list(self.class_names)).encode())
+        for array in (self.train_images, self.train_labels, self.val_images, self.val_labels, self.test_images, self.test_labels):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array))
+        return digest.hexdigest()
 
     def describe(self) -> str:
         """Counts per split and class, and the checksum: what `cifar-job data verify` prints."""

@@ -32,7 +32,6 @@ from job.atomic import atomic_path, atomic_write
 from job.config import Config
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
-from job.fingerprint import dataset_fingerprint
 from job.history import write_history
 from job.paths import RunPaths
 from job.records import Record, parse_record, read_marker
@@ -66,7 +65,7 @@ class TrainResult(Record):
     train_seconds: float
     devices: list[str]
     config_digest: str
-    dataset_fingerprint: str  # job/fingerprint.py: export refuses other data
+    dataset_fingerprint: str  # CifarData.fingerprint: export refuses other data
 
     def summary(self) -> str:
         how = "early stopping" if self.stopped_early else "epoch limit"
@@ -88,7 +87,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
             return done
     state = _load_state(paths, digest)
     data = data if data is not None else load_dataset(config.data)
-    fingerprint = dataset_fingerprint(data)
+    fingerprint = data.fingerprint
     if state.epochs_done and state.dataset_fingerprint != fingerprint:
         raise DataError(f"data {data.source}: not the data set the checkpoint in {paths.root} was trained on; resume with the same data or use a new --out")
     state.dataset_fingerprint = fingerprint

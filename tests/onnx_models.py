@@ -18,7 +18,7 @@ from job.contract import INPUT_LAYOUT, INPUT_SCALING, OUTPUT_MEANING, PIXEL_MAX
 
 def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = "probabilities", trained_on: str = "") -> onnx.ModelProto:
     """images [N, 32, 32, 3] -> softmax(mean colour @ weights + bias) [N, 10]; `trained_on` is the data set's fingerprint,
-    as export stamps it (job/fingerprint.py)."""
+    as export stamps it (CifarData.fingerprint)."""
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["colour"], axes=[1, 2], keepdims=0),
         helper.make_node("MatMul", ["colour", "weights"], ["logits_nobias"]),

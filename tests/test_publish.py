@@ -22,7 +22,6 @@ from export.validate import validate_model
 from job.cli import main
 from job.config import load_config
 from job.data import load_dataset
-from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
 
 from .conftest import REAL_ARCHIVE, on_tmpfs
@@ -42,7 +41,7 @@ def validated(real_archive: Path, tmp_path_factory) -> dict[str, Path]:
     data = load_dataset(load_config(env={}, overrides={"data.source": str(real_archive)}).data)
     bias = np.zeros(10)
     bias[0] = 1.0
-    trained_on = dataset_fingerprint(data)
+    trained_on = data.fingerprint
     models = {
         "good": mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels), trained_on=trained_on),
         "worse": mean_colour_model(np.zeros((3, 10)), bias, trained_on=trained_on),

@@ -22,7 +22,6 @@ from job.config import load_config
 from job.contract import scale
 from job.data import load_dataset
 from job.errors import DataError, DeviceUnavailable, GateFailed, ModelFileError
-from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
 
 from .conftest import CLASS_NAMES, REAL_SHA256
@@ -44,7 +43,7 @@ def data(real_archive: Path):
 @pytest.fixture(scope="module")
 def model(data) -> onnx.ModelProto:
     weights, bias = fit_mean_colour(data.train_images, data.train_labels)
-    return mean_colour_model(weights, bias, trained_on=dataset_fingerprint(data))
+    return mean_colour_model(weights, bias, trained_on=data.fingerprint)
 
 
 def _config(real_archive: Path, run: Path, **keys: object):
@@ -101,7 +100,7 @@ def test_metrics_match_an_independent_computation(real_archive: Path, tmp_path: 
         assert doc["per_class"][name] == pytest.approx(expected["per_class"][name], abs=1e-12), name
     assert doc["data"] == {
         "split": "test", "source": str(real_archive), "sha256": REAL_SHA256,
-        "fingerprint": dataset_fingerprint(data), "training_data": True, "images": 10_000,
+        "fingerprint": data.fingerprint, "training_data": True, "images": 10_000,
     }  # fmt: skip
     # The fitted mean-colour model is weak but real: better than chance, and numpy agrees with onnxruntime.
     assert 0.15 < doc["accuracy"] < 0.5
@@ -168,7 +167,7 @@ def test_a_non_finite_score_never_passes_the_gate() -> None:
 
 def test_a_model_that_outputs_nan_is_refused(real_archive: Path, tmp_path: Path, data) -> None:
     nan_bias = np.full(10, np.nan)
-    run = _run_dir(tmp_path, mean_colour_model(np.zeros((3, 10)), nan_bias, trained_on=dataset_fingerprint(data)))
+    run = _run_dir(tmp_path, mean_colour_model(np.zeros((3, 10)), nan_bias, trained_on=data.fingerprint))
     with pytest.raises(ModelFileError, match="outputs non-finite probabilities on the test set"):
         validate_model(_config(real_archive, run, validate__device="cpu"), RunPaths(run), data)
     assert sorted(p.name for p in run.iterdir()) == ["model.onnx"]

@@ -25,7 +25,6 @@ from export.variants import is_complete
 from job.cli import main
 from job.config import load_config
 from job.data import load_dataset
-from job.fingerprint import dataset_fingerprint
 from job.paths import RunPaths
 
 from .conftest import REAL_ARCHIVE, REAL_SHA256, TRAINED_SLICE
@@ -46,7 +45,7 @@ def _args(run: Path, root: Path, *extra: str) -> list[str]:
 def published(real_archive: Path, tmp_path_factory) -> tuple[Path, Path]:
     """A run directory whose mean-colour model is published (float only) in its own repository."""
     data = load_dataset(load_config(env={}, overrides={"data.source": str(real_archive)}).data)
-    model = mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels), trained_on=dataset_fingerprint(data))
+    model = mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels), trained_on=data.fingerprint)
     base = tmp_path_factory.mktemp("variants")
     run, root = base / "run", base / "models"
     run.mkdir()
