@@ -25,7 +25,7 @@ from job.config import Config
 from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_LAYOUT, INPUT_NAME, INPUT_SCALING, OUTPUT_MEANING, OUTPUT_NAME, scale
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError, DataError, ExportError, ModelFileError
-from job.model import build_model
+from job.model import build_model, with_test_time_augmentation
 from job.paths import RunPaths
 from job.records import Record, read_marker
 from job.stage import Stage
@@ -62,13 +62,14 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
     began = time.monotonic()
     trained_on = _require_trained(config, paths)
     weights_sha256 = sha256_file(paths.best_weights)
-    model = _load_keras(config, paths)
+    trained = _load_keras(config, paths)
+    model = with_test_time_augmentation(trained, config.export.test_time_augmentation)
     data = data if data is not None else load_dataset(config.data)
     if data.fingerprint != trained_on:
         raise DataError(f"data {data.source}: not the data set {paths.root} was trained on (fingerprints differ); export with the same data")
 
     proto = _convert(model, config.export.opset)
-    set_metadata(proto, _metadata(config, model, data, weights_sha256, trained_on))
+    set_metadata(proto, _metadata(config, trained, data, weights_sha256, trained_on))
     blob = proto.SerializeToString()
     try:
         load_onnx(blob, "converted model")
@@ -155,6 +156,7 @@ def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str, 
         "output_meaning": OUTPUT_MEANING,
         "architecture": _architecture(model),
         "parameters": str(model.count_params()),
+        "test_time_augmentation": config.export.test_time_augmentation,
         "onnx_opset": str(config.export.opset),
         "training_config": json.dumps({k: settings[k] for k in ("data", "model", "train")}),
         "training_config_digest": config.training_digest(),

@@ -35,6 +35,7 @@ from yaml.resolver import Resolver
 from job.atomic import atomic_write
 from job.bounded import read_bounded
 from job.errors import ConfigError
+from job.recipes import DEFAULT, RECIPES, recipe_defaults, recipe_names
 from job.redact import redact_url
 
 CANONICAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -147,18 +148,35 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(75, ge=1, le=10_000, description="Maximum number of epochs.")
     batch_size: int = Field(32, ge=1, le=65_536, description="Global batch size (split across GPUs).")
-    learning_rate: float = Field(0.01, gt=0, le=10, description="Initial SGD learning rate.")
+    learning_rate: float = Field(0.01, gt=0, le=10, description="SGD learning rate: the initial one (inverse_time) or the peak (one_cycle).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    lr_decay: float = Field(0.01 / 75, ge=0, description="Time-based decay: lr_t = lr / (1 + lr_decay * step).")
+    nesterov: bool = Field(False, description="Nesterov momentum.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Decoupled weight decay: each step shrinks weights by weight_decay * lr_t.")
+    lr_schedule: Literal["inverse_time", "one_cycle"] = Field(
+        "inverse_time",
+        description="inverse_time: lr_t = lr / (1 + lr_decay * step); one_cycle: linear from lr_start_factor * lr up to lr at "
+        "warmup_fraction of the steps, then linear down to lr_end_factor * lr at the last step.",
+    )
+    lr_decay: float = Field(0.01 / 75, ge=0, description="inverse_time: decay per step.")
+    warmup_fraction: float = Field(0.23, ge=0, le=1, description="one_cycle: share of the steps spent rising to the peak.")
+    lr_start_factor: float = Field(0.2, ge=0, le=1, description="one_cycle: first learning rate, as a fraction of the peak.")
+    lr_end_factor: float = Field(0.07, ge=0, le=1, description="one_cycle: last learning rate, as a fraction of the peak.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     patience: int = Field(5, ge=0, le=10_000, description="Early stopping: epochs without validation-loss improvement.")
     min_delta: float = Field(0.0, ge=0, description="Early stopping: smallest decrease that counts as improvement.")
-    augment: bool = Field(True, description="Apply the reference augmentation to training batches.")
+    augment: bool = Field(True, description="Augment training batches.")
+    augmentation: Literal["affine", "flip_crop"] = Field(
+        "affine",
+        description="affine: the study's rotation, shift and flip; flip_crop: horizontal flip and a whole-pixel translation "
+        "of up to crop_pixels with reflected borders.",
+    )
+    crop_pixels: int = Field(2, ge=0, le=16, description="flip_crop: largest translation, pixels.")
     rotation_degrees: float = Field(15.0, ge=0, le=180, description="Random rotation range, degrees.")
     shift_fraction: float = Field(0.1, ge=0, lt=1, description="Random horizontal and vertical shift, fraction of the size.")
     horizontal_flip: bool = Field(True, description="Random horizontal flip.")
     seed: Seed = Field(42, description="Seed for weights, shuffling, augmentation and dropout.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower; bit-exact reruns).")
-    mixed_precision: bool = Field(False, description="float16 compute on GPU (ignored on CPU).")
+    mixed_precision: bool = Field(False, description="Mixed precision: float16 compute on GPU, bfloat16 on CPU; variables stay float32.")
     device: Literal["auto", "gpu", "cpu"] = Field("auto", description="auto: every visible GPU, else the CPU; gpu: fail (exit 7) without one; cpu: ignore GPUs.")
 
 
@@ -171,6 +189,11 @@ class ExportConfig(_Section):
         "at most the images the data limits leave, to which the default is lowered.",
     )
     parity_atol: float = Field(1e-4, gt=0, le=1, description="Largest allowed absolute difference of probabilities.")
+    test_time_augmentation: Literal["none", "flip", "flip_translate"] = Field(
+        "none",
+        description="Views averaged inside the exported model: flip (image and mirror image, 2x inference cost); "
+        "flip_translate (also one-pixel shifts, 6x). Validation measures the model with them.",
+    )
 
 
 class ValidateConfig(_Section):
@@ -245,6 +268,11 @@ class MetricsConfig(_Section):
 
 class Config(_Section):
     out: Path = Field(Path("runs/cifar10"), description="Run directory: checkpoints, history, ONNX model, reports.")
+    recipe: str = Field(
+        DEFAULT,
+        description="Named recipe of model.name whose settings become the defaults (reference_cnn: study, fast, best; "
+        "airbench: standard); default: the architecture's own.",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -256,6 +284,15 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _recipe_exists(self) -> Config:
+        if self.model.name not in RECIPES:
+            raise _conflict("model.name", f"unknown architecture {excerpt(self.model.name)}; expected one of: {', '.join(RECIPES)}")
+        if recipe_defaults(self.model.name, self.recipe) is None:
+            names = ", ".join(recipe_names(self.model.name))
+            raise _conflict("recipe", f"{self.model.name} has no recipe {excerpt(self.recipe)}; expected one of: {names}")
+        return self
 
     @model_validator(mode="after")
     def _parity_images_exist(self) -> Config:
@@ -289,7 +326,8 @@ class Config(_Section):
         atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SECTIONS = {name: field.annotation for name, field in Config.model_fields.items() if field.annotation is not Path}
+TOP_LEVEL_KEYS = ("out", "recipe")
+SECTIONS = {name: field.annotation for name, field in Config.model_fields.items() if name not in TOP_LEVEL_KEYS}
 SECTION_NAMES = [Config.model_fields[n].alias or n for n in SECTIONS]
 
 
@@ -299,16 +337,28 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Merge the layers and validate; `overrides` maps dotted keys (`train.epochs`) to flag values (None: unset)."""
+    layers = [(_read_yaml(file), label(file))] if file is not None else []
+    layers += [(_env_layer(os.environ if env is None else env), "environment"), (_nest(overrides or {}), "command line")]
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    if file is not None:
-        _merge(merged, sources, _read_yaml(file), label(file))
-    _merge(merged, sources, _env_layer(os.environ if env is None else env), "environment")
-    _merge(merged, sources, _nest(overrides or {}), "command line")
+    for layer, source in [_recipe_layer(layers), *layers]:
+        _merge(merged, sources, layer, source)
     try:
         return Config.model_validate(merged, by_name=False)
     except ValidationError as e:
         raise ConfigError(_describe(e, sources)) from None
+
+
+def _recipe_layer(layers: list[tuple[dict[str, Any], str]]) -> tuple[dict[str, Any], str]:
+    """The chosen recipe's settings as the layer beneath the user's; an unknown one is left to the validation to report."""
+    architecture, recipe = ModelConfig().name, DEFAULT
+    for layer, _ in layers:
+        model = layer.get("model")
+        if isinstance(model, Mapping) and "name" in model:
+            architecture = model["name"]
+        recipe = layer.get("recipe", recipe)
+    defaults = recipe_defaults(architecture, recipe) if isinstance(architecture, str) and isinstance(recipe, str) else None
+    return _nest(defaults or {}), f"recipe {recipe}"
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -416,12 +466,12 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _env_key(name: str) -> str:
     rest = name[len(ENV_PREFIX) :].lower()
-    if rest == "out":
+    if rest in TOP_LEVEL_KEYS:
         return rest
     section, _, key = rest.partition("_")
     if section not in SECTION_NAMES or not key:
         raise ConfigError(
-            f"environment variable {label(name)}: unknown; expected {ENV_PREFIX}OUT or {ENV_PREFIX}<SECTION>_<KEY> "
+            f"environment variable {label(name)}: unknown; expected {ENV_PREFIX}OUT, {ENV_PREFIX}RECIPE or {ENV_PREFIX}<SECTION>_<KEY> "
             f"with SECTION one of {', '.join(s.upper() for s in SECTION_NAMES)}"
         )
     return f"{section}.{key}"
@@ -468,7 +518,7 @@ def _describe(error: ValidationError, sources: Mapping[str, str]) -> str:
 
 def _known_keys(loc: tuple[Any, ...]) -> str:
     if len(loc) == 1:
-        return ", ".join(["out", *SECTION_NAMES])
+        return ", ".join([*TOP_LEVEL_KEYS, *SECTION_NAMES])
     section = SECTIONS.get(loc[0]) or SECTIONS.get(f"{loc[0]}_")
     return ", ".join(section.model_fields) if section else "?"
 
@@ -477,7 +527,8 @@ def reference_markdown() -> str:
     """Every key with its default and meaning, as the README's configuration table."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     defaults = Config().to_dict()
-    lines.append(f"| `out` | `{defaults['out']}` | {Config.model_fields['out'].description} |")
+    for key in TOP_LEVEL_KEYS:
+        lines.append(f"| `{key}` | `{defaults[key]}` | {Config.model_fields[key].description} |")
     for name, section in SECTIONS.items():
         alias = Config.model_fields[name].alias or name
         for key, field in section.model_fields.items():

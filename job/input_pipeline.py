@@ -1,4 +1,4 @@
-"""tf.data input pipelines, with the reference augmentation applied to training batches only.
+"""tf.data input pipelines, with augmentation applied to training batches only.
 
 Every random choice (epoch order, rotation, shift, flip) is a stateless function of
 (seed, epoch, batch), so the batches of epoch `e` are the same whether the run started at
@@ -59,20 +59,28 @@ def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) 
 
 
 def augment(images: tf.Tensor, cfg: TrainConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Random rotation, shift and horizontal flip as one affine warp per image (nearest fill).
+    """Random rotation, shift and horizontal flip as one affine warp per image.
 
     The warp is the matrix product rotate . shift . flip, mapping output to input pixel
     coordinates as ImageProjectiveTransformV3 expects; Keras' RandomRotation and
-    RandomTranslation build the same matrices.
+    RandomTranslation build the same matrices. `affine` (the study's): any angle and shift,
+    bilinear, nearest fill; `flip_crop`: no rotation, whole-pixel shifts, reflected borders
+    (a random crop of the reflect-padded image).
     """
     import tensorflow as tf
 
     n = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)  # square images
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    angle = tf.random.stateless_uniform([n], seeds[0], -1.0, 1.0) * (cfg.rotation_degrees * math.pi / 180.0)
-    shift = tf.random.stateless_uniform([n, 2], seeds[1], -1.0, 1.0) * (cfg.shift_fraction * size)
     flip = tf.random.stateless_uniform([n], seeds[2]) < (0.5 if cfg.horizontal_flip else 0.0)
+    if cfg.augmentation == "flip_crop":
+        angle = tf.zeros([n])
+        shift = tf.cast(tf.random.stateless_uniform([n, 2], seeds[1], -cfg.crop_pixels, cfg.crop_pixels + 1, dtype=tf.int32), tf.float32)
+        interpolation, fill_mode = "NEAREST", "REFLECT"
+    else:
+        angle = tf.random.stateless_uniform([n], seeds[0], -1.0, 1.0) * (cfg.rotation_degrees * math.pi / 180.0)
+        shift = tf.random.stateless_uniform([n, 2], seeds[1], -1.0, 1.0) * (cfg.shift_fraction * size)
+        interpolation, fill_mode = "BILINEAR", "NEAREST"
 
     c, s = tf.cos(angle), tf.sin(angle)
     last = size - 1.0
@@ -87,8 +95,8 @@ def augment(images: tf.Tensor, cfg: TrainConfig, seed: tf.Tensor) -> tf.Tensor:
         transforms=warp,
         output_shape=tf.shape(images)[1:3],
         fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="NEAREST",
+        interpolation=interpolation,
+        fill_mode=fill_mode,
     )
 
 

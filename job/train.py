@@ -33,6 +33,7 @@ from job.config import Config
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
 from job.history import write_history
+from job.model import build_model, initialise
 from job.paths import RunPaths
 from job.records import Record, parse_record, read_marker
 from job.stage import Stage
@@ -101,22 +102,18 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if config.train.mixed_precision:
-        if devices[0].startswith("CPU"):
-            log.warning("train.mixed_precision ignored: no GPU")
-        else:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+    from job import input_pipeline
 
-    with strategy.scope():
-        model = _compiled_model(config)
-    if state.epochs_done:
+    train_cfg = config.train
+    steps = input_pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
+    with strategy.scope(), _precision(keras, train_cfg.mixed_precision, devices):
+        model = _compiled_model(config, steps * train_cfg.epochs)
+    if not state.epochs_done:
+        initialise(model, data.train_images)
+    else:
         _restore_variables(model, paths)
         log.info("resuming after epoch %d (best val_loss %.4f at epoch %d)", state.epochs_done, state.best_val_loss, state.best_epoch)
 
-    train_cfg = config.train
-    from job import input_pipeline
-
-    steps = input_pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
     tracker = _EpochTracker(model, state, paths, train_cfg.patience, train_cfg.min_delta)
     if not state.stopped_early and state.epochs_done < train_cfg.epochs:
         with _sigterm_raises_preempted(tracker):
@@ -162,16 +159,37 @@ def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
     return tf.distribute.get_strategy(), ["CPU"]
 
 
-def _compiled_model(config: Config) -> Any:
+@contextlib.contextmanager
+def _precision(keras: Any, mixed: bool, devices: list[str]) -> Iterator[None]:
+    """Build the model under mixed precision if asked: float16 on GPUs, bfloat16 on CPUs.
+
+    The policy is global in Keras, so it is restored at once: models built later in the same
+    process (the best-weights copy, export) compute in float32, as they are served.
+    """
+    previous = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if devices[0] == "CPU" else "mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _compiled_model(config: Config, total_steps: int) -> Any:
     import keras
 
-    from job.model import build_model
+    from job.schedules import learning_rate_schedule
 
     cfg = config.train
-    schedule = keras.optimizers.schedules.InverseTimeDecay(cfg.learning_rate, decay_steps=1, decay_rate=cfg.lr_decay)
     model = build_model(config.model.name)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    optimizer = keras.optimizers.SGD(
+        learning_rate=learning_rate_schedule(cfg, total_steps),
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay or None,
+    )
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     optimizer.build(model.trainable_variables)
     return model
 
@@ -262,8 +280,6 @@ class _EpochTracker:
     def _save_best_weights(self) -> None:
         """Model weights only (no optimizer state): what export and serving load."""
         if self.inference_model is None:
-            from job.model import build_model
-
             self.inference_model = build_model(self.model.name)
         self.inference_model.set_weights(self.model.get_weights())
         _require_space(self.paths.best_weights, sum(w.nbytes for w in self.inference_model.get_weights()))
