@@ -106,8 +106,8 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
 
     train_cfg = config.train
     steps = input_pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
-    with strategy.scope(), _precision(keras, train_cfg.mixed_precision, devices):
-        model = _compiled_model(config, steps * train_cfg.epochs)
+    with strategy.scope(), precision_policy(keras, train_cfg.mixed_precision, devices):
+        model = compiled_model(config, steps * train_cfg.epochs)
     if not state.epochs_done:
         initialise(model, data.train_images)
     else:
@@ -160,7 +160,7 @@ def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
 
 
 @contextlib.contextmanager
-def _precision(keras: Any, mixed: bool, devices: list[str]) -> Iterator[None]:
+def precision_policy(keras: Any, mixed: bool, devices: list[str]) -> Iterator[None]:
     """Build the model under mixed precision if asked: float16 on GPUs, bfloat16 on CPUs.
 
     The policy is global in Keras, so it is restored at once: models built later in the same
@@ -175,7 +175,7 @@ def _precision(keras: Any, mixed: bool, devices: list[str]) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _compiled_model(config: Config, total_steps: int) -> Any:
+def compiled_model(config: Config, total_steps: int) -> Any:
     import keras
 
     from job.schedules import learning_rate_schedule

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/r
 # job/: each module in exactly one layer. A new module must be placed here (the first test says so).
 FOUNDATION = {
     "job.config", "job.errors", "job.paths", "job.atomic", "job.bounded", "job.records", "job.redact", "job.stage",
-    "job.contract", "job.model",
+    "job.contract", "job.model", "job.layers", "job.recipes",
     "job.data", "job.archive", "job.gzip_stream", "job.batch_format", "job.safe_pickle", "job.extracted", "job.download",
 }  # fmt: skip
-TRAINING = {"job.train", "job.input_pipeline", "job.history"}
+TRAINING = {"job.train", "job.input_pipeline", "job.history", "job.schedules"}
 SHELL = {
     "job.cli", "job.__main__", "job.stages", "job.docs",
     "job.metrics", "job.metrics_callback", "job.metrics_server", "job.metrics_session", "job.pushgateway",
