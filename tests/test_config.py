@@ -194,7 +194,7 @@ HOSTILE_FILES = {
     "long job_name": (f"metrics: {{job_name: {'j' * 129}}}\n", "config key metrics.job_name (from FILE): string should match pattern"),
     "bad metrics address": ("metrics: {address: 'http://0.0.0.0:80'}\n", "config key metrics.address (from FILE): expected an IP address or a host name"),
     "huge unknown key": ("train:\n  ? " + "k" * 4000 + "\n  : 1\n", "config key 'train." + "k" * 70 + "... (from FILE): unknown key;"),
-    "internal section name": ("validate_: {device: cpu}\n", "config key validate_ (from FILE): unknown key; expected one of: out, data,"),
+    "internal section name": ("validate_: {device: cpu}\n", "config key validate_ (from FILE): unknown key; expected one of: out, recipe, data,"),
     "bad value echoed in part": (f"data: {{checksum: md5:{'0' * 4000}}}\n", "got 'md5:" + "0" * 72 + "..."),
     "sequence of sections": ("- train\n", "expected a mapping of sections, got list"),
 }
@@ -289,8 +289,8 @@ def test_yaml_reads_dates_and_special_words_as_text(tmp_path: Path) -> None:
     """YAML 1.1 would make a date of 2024-01-01 and fail on a bare '=' (its 'value' tag); a config wants the text."""
     file = tmp_path / "job.yaml"
     file.write_text("metrics: {run_id: 2024-01-01}\n")
-    c = load_config(file, env={}, overrides=parse_sets(("model.name==", "data.source=<<")))
-    assert (c.metrics.run_id, c.model.name, c.data.source) == ("2024-01-01", "=", "<<")
+    c = load_config(file, env={}, overrides=parse_sets(("data.cache_dir==", "data.source=<<")))
+    assert (c.metrics.run_id, c.data.cache_dir, c.data.source) == ("2024-01-01", Path("="), "<<")
 
 
 def test_negative_zero_is_zero_and_trains_the_same_weights() -> None:
