@@ -124,6 +124,11 @@ def _load_keras(config: Config, paths: RunPaths) -> Any:
     return model
 
 
+def keras_to_onnx(model: Any, opset: int) -> bytes:
+    """Any Keras model as ONNX bytes, converted as export converts: what `cifar-job bench` measures."""
+    return _convert(model, opset).SerializeToString()
+
+
 def _convert(model: Any, opset: int) -> Any:
     """Keras model to ONNX with input `images` and output `probabilities`, both with a dynamic batch."""
     import tensorflow as tf

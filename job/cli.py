@@ -67,6 +67,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from job.atomic import storage_errors  # noqa: E402
+from job.bench import bench  # noqa: E402
 from job.config import Config, load_config, parse_sets  # noqa: E402
 from job.k8s_cli import k8s  # noqa: E402
 from job.metrics_session import metrics_session  # noqa: E402
@@ -259,3 +260,4 @@ def run(config: Config) -> None:
 
 
 main.add_command(k8s)  # the Kubernetes commands, from the module that owns them
+main.add_command(bench)  # the benchmark, likewise

@@ -21,7 +21,7 @@ TRAINING = {"job.train", "job.input_pipeline", "job.history", "job.schedules"}
 SHELL = {
     "job.cli", "job.__main__", "job.stages", "job.docs",
     "job.metrics", "job.metrics_callback", "job.metrics_server", "job.metrics_session", "job.pushgateway",
-    "job.k8s_cli", "job.chart", "job.cluster", "job.chart_schema", "job.chart_docs",
+    "job.k8s_cli", "job.chart", "job.cluster", "job.chart_schema", "job.chart_docs", "job.bench",
 }  # fmt: skip
 # export/: base modules, then the stages in the order a run takes them.
 EXPORT_BASE = {
@@ -29,7 +29,7 @@ EXPORT_BASE = {
     "export.report",
 }  # fmt: skip
 EXPORT_STAGES = ["export.convert", "export.validate", "export.publish", "export.variants"]
-MAY_IMPORT_EXPORT = {"job.cli", "job.stages"}  # the CLI and the stage runner, nothing else in job/
+MAY_IMPORT_EXPORT = {"job.cli", "job.stages", "job.bench"}  # the CLI, the stage runner and the benchmark, nothing else in job/
 
 
 @pytest.fixture(scope="module")
