@@ -188,7 +188,7 @@ def measure_peak(tf_device: str, settings: Settings) -> dict[str, Any]:
 
 
 def measure_training(config: Config, tf_device: str, steps: int, peak: dict[str, Any]) -> TrainingRow:
-    """Images/s of the recipe, trained as `cifar-job train` trains it; the first (tracing) step is not timed."""
+    """Images/s of the recipe, trained as `cifar-job train` trains it, from the median time of the steps after the first (tracing) one."""
     import keras
     import numpy as np
 
@@ -211,7 +211,7 @@ def measure_training(config: Config, tf_device: str, steps: int, peak: dict[str,
     log.info("training %s/%s: %d steps of %d images (%s)", config.model.name, config.recipe, steps + 1, cfg.batch_size, precision)
     dataset = training_dataset(images, labels, cfg, 0)
     model.fit(dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[clock], shuffle=False, verbose=0)
-    images_per_s = steps * cfg.batch_size / (ends[-1] - ends[0])
+    images_per_s = cfg.batch_size / float(np.median(np.diff(ends)))  # the median step: a neighbour's burst moves it least
     flop = 3 * forward_flops(model)
     gflops = images_per_s * flop / 1e9
     return TrainingRow(
@@ -247,7 +247,7 @@ def measure_inference(config: Config, device: str, settings: Settings, peak: dic
     rows = []
     for batch in INFERENCE_BATCHES:
         latencies = _latencies(session, batch, settings)
-        images_per_s = batch * len(latencies) / sum(latencies)
+        images_per_s = batch / float(np.median(latencies))  # as for training: the median run
         gflops = images_per_s * flop / 1e9
         rows.append(
             InferenceRow(
@@ -257,8 +257,8 @@ def measure_inference(config: Config, device: str, settings: Settings, peak: dic
                 batch_size=batch,
                 runs=len(latencies),
                 images_per_s=round(images_per_s, 2),
-                latency_p50_ms=round(float(np.percentile(latencies, 50)) * 1e3, 3),
-                latency_p95_ms=round(float(np.percentile(latencies, 95)) * 1e3, 3),
+                latency_p50_ms=round(float(np.percentile(latencies, 50)) * 1e3, 4),
+                latency_p95_ms=round(float(np.percentile(latencies, 95)) * 1e3, 4),
                 gflop_per_image=round(flop / 1e9, 6),
                 gflops=round(gflops, 2),
                 ratio_to_peak={"float32": round(gflops / peak["matmul_gflops"]["float32"], 4)},
@@ -354,7 +354,7 @@ def render(report: dict[str, Any]) -> str:
             f"float32 {p['conv3x3_gflops']['float32']:,.1f} GFLOP/s"
         ),
         "",
-        "training (the first, tracing step excluded; GFLOP/s = images/s x 3 forward passes)",
+        "training (images/s from the median step, the first (tracing) step excluded; GFLOP/s = images/s x 3 forward passes)",
         _table(
             ["model", "recipe", "precision", "batch", "steps", "images/s", "GFLOP/s", "x fp32 peak", f"x {mixed} peak", "x ref"],
             (
@@ -364,7 +364,7 @@ def render(report: dict[str, Any]) -> str:
             ),
         ),
         "",
-        "inference (onnxruntime, served model, random weights; latency per batch)",
+        "inference (onnxruntime, served model, random weights; latency per batch, images/s from the median)",
         _table(
             ["model", "tta", "provider", "batch", "images/s", "p50 ms", "p95 ms", "GFLOP/s", "x fp32 peak", "x ref"],
             (

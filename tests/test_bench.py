@@ -61,6 +61,7 @@ def test_inference_is_measured_at_each_batch_size(report) -> None:
         assert r["runs"] >= 2 and r["provider"].endswith("ExecutionProvider")
         assert all(_positive(r[k]) for k in ("images_per_s", "latency_p50_ms", "latency_p95_ms", "gflops"))
         assert r["latency_p50_ms"] <= r["latency_p95_ms"]
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] / (r["latency_p50_ms"] / 1e3), rel=1e-3)
         assert r["gflop_per_image"] == pytest.approx(REFERENCE_CNN_GFLOP, abs=1e-6)
         assert r["gflops"] == pytest.approx(r["images_per_s"] * r["gflop_per_image"], rel=1e-3)
         assert r["ratio_to_peak"]["float32"] == pytest.approx(r["gflops"] / peak, rel=1e-3, abs=1e-4)
