@@ -134,7 +134,7 @@ def test_every_architecture_maps_images_to_probabilities(name: str) -> None:
     assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
-def _views(images: np.ndarray) -> list[np.ndarray]:
+def views(images: np.ndarray) -> list[np.ndarray]:
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     shifted = [padded[:, :32, :32], padded[:, 2:, 2:]]
     return [images, images[:, :, ::-1], *(v for s in shifted for v in (s, s[:, :, ::-1]))]
@@ -144,10 +144,11 @@ def _views(images: np.ndarray) -> list[np.ndarray]:
 def test_test_time_augmentation_is_the_weighted_mean_over_the_views(mode: str) -> None:
     model = build_model("airbench")
     images = np.random.default_rng(2).random((5, 32, 32, 3), dtype=np.float32)
-    per_view = [model.predict(v, verbose=0) for v in _views(images)]
+    per_view = [model.predict(v, verbose=0) for v in views(images)]
     weights = [0.5, 0.5] if mode == "flip" else [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
     expected = sum(w * p for w, p in zip(weights, per_view))
     served = with_test_time_augmentation(model, mode)
     np.testing.assert_allclose(served.predict(images, verbose=0), expected, atol=1e-6)
     if mode == "flip":  # a flip-averaged model cannot tell an image from its mirror image
         np.testing.assert_allclose(served.predict(images[:, :, ::-1], verbose=0), served.predict(images, verbose=0), atol=1e-6)
+

@@ -95,9 +95,18 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "job", *args]
 
 
-def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(real_archive: Path, tmp_path: Path) -> None:
+# Every recipe shape: the study's; a one-cycle bf16 recipe; a data-initialised architecture with batch norm.
+RESUMABLE = {
+    "study": [],
+    "fast": ["--set", "recipe=fast"],
+    "airbench": ["--set", "model.name=airbench", "--batch-size", "128"],
+}
+
+
+@pytest.mark.parametrize("recipe", list(RESUMABLE))
+def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(real_archive: Path, tmp_path: Path, recipe: str) -> None:
     """A real training process is preempted mid-epoch and restarted on the same run directory."""
-    args = ["--set", "data.train_limit=2000", "--set", "data.test_limit=100", "--epochs", "4"]
+    args = [*RESUMABLE[recipe], "--set", "data.train_limit=2000", "--set", "data.test_limit=100", "--epochs", "4"]
     args += ["--set", "train.patience=2", "--set", "train.deterministic=true", "--seed", "3"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
