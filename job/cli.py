@@ -130,6 +130,8 @@ def main(log_level: str) -> None:
 # Flags for the most common keys; any other key goes through --set section.key=value.
 _FLAG_KEYS = {
     "out": ("out",),
+    "recipe": ("recipe",),
+    "model": ("model.name",),
     "data": ("data.source",),
     "checksum": ("data.checksum",),
     "epochs": ("train.epochs",),
@@ -147,6 +149,8 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--config", "config_file", type=click.Path(path_type=Path), envvar="CIFAR_JOB_CONFIG", help="YAML config file.")
     @click.option("--out", type=click.Path(path_type=Path), help="Run directory.  [default: runs/cifar10]")
+    @click.option("--model", metavar="NAME", help="Architecture: reference_cnn or airbench.  [default: reference_cnn]")
+    @click.option("--recipe", metavar="NAME", help="Named recipe of the architecture (study, fast, best; standard).  [default: its own]")
     @click.option("--data", help="CIFAR-10 archive, extracted directory or http(s) URL.")
     @click.option("--checksum", help="Expected archive checksum, md5:<hex> or sha256:<hex>, or 'none'.")
     # Numbers are checked with the config, so a bad one gets the same one-line error as in a file.

@@ -272,6 +272,7 @@ class Config(_Section):
         DEFAULT,
         description="Named recipe of model.name whose settings become the defaults (reference_cnn: study, fast, best; "
         "airbench: standard); default: the architecture's own.",
+        json_schema_extra={"enum": sorted({name for architecture in RECIPES for name in recipe_names(architecture)})},
     )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from job import chart
-from job.config import SECTION_NAMES, load_config
+from job.config import SECTION_NAMES, TOP_LEVEL_KEYS, load_config
 from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
 
 from .k8s_tools import CHART, ENVIRONMENTS, KUBE_VERSIONS, helm3, load_docs
@@ -111,7 +111,7 @@ def test_every_value_is_typed_and_documented() -> None:
                 walk(value, child, f"{path}{key}.")
 
     walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
-    assert {"out", *SECTION_NAMES} == schema["properties"]["config"]["properties"].keys()  # generated: tests/test_chart_schema.py
+    assert {*TOP_LEVEL_KEYS, *SECTION_NAMES} == schema["properties"]["config"]["properties"].keys()  # generated: tests/test_chart_schema.py
 
 
 @pytest.mark.parametrize("env", VALUE_FILES)
