@@ -21,13 +21,14 @@ import numpy as np
 from export.modelfile import load_onnx, set_metadata, sha256, sha256_file, sha256_of
 from export.session import open_session, predict
 from job.atomic import atomic_write
+from job.bounded import read_bounded
 from job.config import Config
 from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_LAYOUT, INPUT_NAME, INPUT_SCALING, OUTPUT_MEANING, OUTPUT_NAME, scale
 from job.data import CifarData, load_dataset
 from job.errors import ConfigError, DataError, ExportError, ModelFileError
 from job.model import build_model, with_test_time_augmentation
 from job.paths import RunPaths
-from job.records import Record, read_marker
+from job.records import MAX_RECORD_BYTES, Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
         raise DataError(f"data {data.source}: not the data set {paths.root} was trained on (fingerprints differ); export with the same data")
 
     proto = _convert(model, config.export.opset)
-    set_metadata(proto, _metadata(config, trained, data, weights_sha256, trained_on))
+    set_metadata(proto, {**_metadata(config, trained, data, weights_sha256, trained_on), **_experiment(paths)})
     blob = proto.SerializeToString()
     try:
         load_onnx(blob, "converted model")
@@ -178,6 +179,13 @@ def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str, 
         "weights_sha256": weights_sha256,
         "versions": json.dumps(_versions()),
     }
+
+
+def _experiment(paths: RunPaths) -> dict[str, str]:
+    """`experiment`: the summary of the experiment that chose this trial (job/experiment.py writes it), if one did."""
+    if not paths.experiment.is_file():
+        return {}
+    return {"experiment": read_bounded(paths.experiment, MAX_RECORD_BYTES, ModelFileError, f"experiment record {paths.experiment}").decode()}
 
 
 def _architecture(model: Any) -> str:

@@ -102,6 +102,7 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         "| --- | --- |",
         *(f"| {key} | {value} |" for key, value in training.get("train", {}).items()),
         "",
+        *_experiment_section(metadata_json(meta, "experiment")),
         "## Test metrics",
         "",
         f"- Accuracy: **{doc['accuracy']:.4f}**",
@@ -147,6 +148,34 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _experiment_section(experiment: dict[str, Any]) -> list[str]:
+    """How an experiment chose this model, when one did: its groups and the choice, on validation results only."""
+    if not experiment:
+        return []
+    chosen = experiment["selected"]
+    metric = chosen["select"]
+
+    def mean_std(stats: dict[str, Any]) -> str:
+        return "–" if stats["mean"] is None else f"{stats['mean']:.4f} ± {'–' if stats['std'] is None else format(stats['std'], '.4f')}"
+
+    return [
+        "## Experiment",
+        "",
+        f"Chosen by experiment `{experiment['name']}` ({experiment['trials']} trials, {experiment['failed']} failed): trial "
+        f"{chosen['trial']} of group {chosen['group']}, the group with the best mean {metric} "
+        f"({chosen['group_mean']:.4f}) and its best trial ({chosen['trial_value']:.4f}); the test set played no part.",
+        "",
+        "| group | overrides | n | val accuracy mean ± std | val loss mean ± std |",
+        "| ---: | --- | ---: | --- | --- |",
+        *(
+            f"| {g['group']} | {', '.join(f'{k}={v}' for k, v in g['overrides'].items()) or 'base'} | {g['val_accuracy']['n']} | "
+            f"{mean_std(g['val_accuracy'])} | {mean_std(g['val_loss'])} |"
+            for g in experiment["groups"]
+        ),
+        "",
+    ]
 
 
 def plot_confusion(result: Measurement, paths: RunPaths) -> None:

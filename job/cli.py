@@ -69,6 +69,7 @@ import click  # noqa: E402
 from job.atomic import storage_errors  # noqa: E402
 from job.bench import bench  # noqa: E402
 from job.config import Config, load_config, parse_sets  # noqa: E402
+from job.experiment_cli import experiment  # noqa: E402
 from job.k8s_cli import k8s  # noqa: E402
 from job.metrics_session import metrics_session  # noqa: E402
 from job.paths import RunPaths  # noqa: E402
@@ -265,3 +266,4 @@ def run(config: Config) -> None:
 
 main.add_command(k8s)  # the Kubernetes commands, from the module that owns them
 main.add_command(bench)  # the benchmark, likewise
+main.add_command(experiment)  # experiments (seeds, k-fold, grids), likewise

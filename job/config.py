@@ -122,12 +122,31 @@ class DataConfig(_Section):
     )
     test_limit: int | None = Field(None, ge=1, le=TEST_IMAGES, description="Use only the first N test images; for smoke runs.")
     max_archive_bytes: int = Field(1 << 30, ge=1, le=1 << 40, description="Refuse archives (downloaded or extracted) larger than this.")
+    folds: int | None = Field(
+        None,
+        ge=2,
+        le=10,
+        description="k-fold cross-validation: the training images are partitioned into this many stratified folds "
+        "(seeded by split_seed) and fold `fold` is the validation split, in place of validation_fraction; unset: no folds.",
+    )
+    fold: int = Field(0, ge=0, le=9, description="With folds: which fold (0..folds-1) is the validation split.")
 
     def split_sizes(self) -> tuple[int, int, int]:
         """Images for (training, validation, test), counted as job/data.py's load_dataset splits them."""
         images = self.train_limit or TRAIN_IMAGES
-        validation = int(round(images * self.validation_fraction))
+        if self.folds:  # fold f holds the positions f, f + folds, f + 2 folds, ... of images
+            validation = len(range(self.fold, images, self.folds))
+        else:
+            validation = int(round(images * self.validation_fraction))
         return images - validation, validation, self.test_limit or TEST_IMAGES
+
+    @model_validator(mode="after")
+    def _fold_is_one_of_the_folds(self) -> DataConfig:
+        if self.folds is None and self.fold:
+            raise _conflict("fold", f"fold {self.fold} without data.folds; set data.folds too")
+        if self.folds is not None and self.fold >= self.folds:
+            raise _conflict("fold", f"fold {self.fold} of {self.folds} folds; expected 0..{self.folds - 1}")
+        return self
 
     @model_validator(mode="after")
     def _both_splits_have_images(self) -> DataConfig:
@@ -332,14 +351,25 @@ SECTIONS = {name: field.annotation for name, field in Config.model_fields.items(
 SECTION_NAMES = [Config.model_fields[n].alias or n for n in SECTIONS]
 
 
+Layer = tuple[Mapping[str, Any], str]  # settings, and the source an error names
+
+
 def load_config(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    base: Layer | None = None,
+    trial: Layer | None = None,
 ) -> Config:
-    """Merge the layers and validate; `overrides` maps dotted keys (`train.epochs`) to flag values (None: unset)."""
-    layers = [(_read_yaml(file), label(file))] if file is not None else []
+    """Merge the layers and validate; `overrides` maps dotted keys (`train.epochs`) to flag values (None: unset).
+
+    An experiment (job/experiment_spec.py) gives its base config as `base` (nested, in place of the file)
+    and each trial's settings as `trial` (dotted keys) above the command line: a grid point beats `--set`.
+    """
+    layers = [(read_yaml(file), label(file))] if file is not None else []
+    layers += [(dict(base[0]), base[1])] if base is not None else []
     layers += [(_env_layer(os.environ if env is None else env), "environment"), (_nest(overrides or {}), "command line")]
+    layers += [(_nest(trial[0]), trial[1])] if trial is not None else []
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for layer, source in [_recipe_layer(layers), *layers]:
@@ -435,8 +465,9 @@ def _load_yaml(text: str, where: str, lines: bool = True) -> Any:
         raise ConfigError(f"{where}{at}: not valid YAML: {label(problem)}") from None
 
 
-def _read_yaml(file: Path) -> dict[str, Any]:
-    where = f"config file {label(file)}"
+def read_yaml(file: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from `file`, read as strictly as a config; errors name it as `what`."""
+    where = f"{what} {label(file)}"
     raw = read_bounded(file, MAX_FILE_BYTES, ConfigError, where)
     try:
         text = raw.decode()

@@ -91,7 +91,7 @@ def load_dataset(cfg: DataConfig) -> CifarData:
     class_names = read_class_names(_take(files, META, shown), f"data {shown} [{META}]")
     train_x, train_y = _images(files, TRAIN_BATCHES, shown, cfg.train_limit)
     test_x, test_y = _images(files, (TEST_BATCH,), shown, cfg.test_limit)
-    train_idx, val_idx = _split(len(train_y), cfg)
+    train_idx, val_idx = split_indices(train_y, cfg)
     return CifarData(
         train_images=train_x[train_idx],
         train_labels=train_y[train_idx],
@@ -187,9 +187,22 @@ def _images(files: dict[str, bytes], names: tuple[str, ...], shown: str, limit: 
     return images[:limit], labels[:limit]
 
 
-def _split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random (train, validation) indices; both must be non-empty."""
+def split_indices(labels: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, validation) indices of the training images; both must be non-empty.
+
+    Without folds, the first `validation_fraction` of a seeded permutation is the validation split.
+    With `folds` k, the permutation is sorted by class (stably, so each class stays in random order)
+    and dealt round-robin into k folds: every image is in exactly one fold, each fold holds every
+    class in proportion (within one image) and has ceil((n - f) / k) images, and fold `fold` is the
+    validation split. Both splits keep the permutation's random order.
+    """
+    n = len(labels)
     order = np.random.default_rng(cfg.split_seed).permutation(n)
+    if cfg.folds:
+        by_class = order[np.argsort(labels[order], kind="stable")]
+        in_validation = np.zeros(n, bool)
+        in_validation[by_class[cfg.fold :: cfg.folds]] = True
+        return order[~in_validation[order]], order[in_validation[order]]
     n_val = int(round(n * cfg.validation_fraction))
     if not 0 < n_val < n:
         raise DataError(f"data split: validation_fraction {cfg.validation_fraction} of {n} images leaves an empty {'validation' if n_val == 0 else 'training'} set")

@@ -69,6 +69,10 @@ class RunPaths:
     def publish_result(self) -> Path:  # where the model went; written last by `publish`
         return self.root / "publish.json"
 
+    @property
+    def experiment(self) -> Path:  # the experiment's summary, in the trial it chose: export stamps it into the model
+        return self.root / "experiment.json"
+
     def check_writable(self) -> RunPaths:
         """Fail before any work if the run directory cannot be written; leaves nothing behind."""
         existing = self.root
@@ -86,3 +90,42 @@ class RunPaths:
         """Create the run directory and record the effective config; call once inputs are verified."""
         self.root.mkdir(parents=True, exist_ok=True)
         config.write(self.config)
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """An experiment's directory: one ordinary run directory per trial, and the experiment's own results."""
+
+    root: Path
+
+    def trial(self, index: int) -> RunPaths:
+        return RunPaths(self.root / "trials" / f"{index:04d}")
+
+    def trial_config(self, index: int) -> Path:  # the trial's effective config, which its `cifar-job train` reads
+        return self.trial(index).root / "trial.yaml"
+
+    def trial_failed(self, index: int) -> Path:  # the trial failed for good: its exit code and message
+        return self.trial(index).root / "failed.json"
+
+    def trial_log(self, index: int) -> Path:  # the output of the trial's process (local runs)
+        return self.trial(index).root / "train.log"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def summary_png(self) -> Path:
+        return self.root / "summary.png"
+
+    @property
+    def selection(self) -> Path:  # the chosen trial, on validation results only
+        return self.root / "selection.json"
+
+    @property
+    def finalize_lock(self) -> Path:  # holds the index of the process that finalises (Kubernetes: the last trial to finish)
+        return self.root / "finalize.lock"

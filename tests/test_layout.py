@@ -16,12 +16,14 @@ FOUNDATION = {
     "job.config", "job.errors", "job.paths", "job.atomic", "job.bounded", "job.records", "job.redact", "job.stage",
     "job.contract", "job.model", "job.layers", "job.recipes",
     "job.data", "job.archive", "job.gzip_stream", "job.batch_format", "job.safe_pickle", "job.extracted", "job.download",
+    "job.experiment_spec",
 }  # fmt: skip
 TRAINING = {"job.train", "job.input_pipeline", "job.history", "job.schedules"}
 SHELL = {
     "job.cli", "job.__main__", "job.stages", "job.docs",
     "job.metrics", "job.metrics_callback", "job.metrics_server", "job.metrics_session", "job.pushgateway",
     "job.k8s_cli", "job.chart", "job.cluster", "job.chart_schema", "job.chart_docs", "job.bench",
+    "job.experiment_cli", "job.experiment", "job.experiment_summary",
 }  # fmt: skip
 # export/: base modules, then the stages in the order a run takes them.
 EXPORT_BASE = {
