@@ -4,6 +4,14 @@
 `helm install` would (labelled managed-by cifar-job), and k8s/ is this rendering with the default
 values (see the README for the command). No Kubernetes client here: job/k8s_cli.py hands these
 objects to job/cluster.py, which talks to the cluster.
+
+An experiment spec (`experiment.spec`) renders as one Indexed Job, a pod per trial. Selection,
+export, validation and publishing run in the pod that finds every trial finished, under a lock
+file on the shared claim, rather than in a second Job or a controller: the chart's objects alone
+then carry the experiment to a published model, the same whether they came from `kubectl apply`,
+`helm install` or `cifar-job k8s submit` (which may exit or lose its connection meanwhile), and
+nothing needs API rights inside the cluster. A pod preempted while selecting is retried as the
+same index, finds every trial finished again and takes its own stale lock over.
 """
 
 from __future__ import annotations
@@ -23,25 +31,36 @@ RELEASE = "cifar-job"
 _ORDER = ("NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "Job", "PodMonitor", "PrometheusRule", "InferenceService")
 
 
-def load_values(files: Sequence[Path] = (), sets: Sequence[str] = ()) -> dict[str, Any]:
-    """Values from YAML files, then Helm `--set` expressions; later ones win, maps merge."""
+def load_values(
+    files: Sequence[Path] = (), sets: Sequence[str] = (), experiment: Path | None = None, queue: str | None = None
+) -> dict[str, Any]:
+    """Values from YAML files, then Helm `--set` expressions, then an experiment spec file and a Kueue queue; later ones win, maps merge."""
     import helm_python as helm
 
     values: dict[str, Any] = {}
     for file in files:
-        try:
-            layer = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"values file {file}: {getattr(e, 'strerror', None) or 'not valid YAML'}") from None
-        if not isinstance(layer, dict):
-            raise ConfigError(f"values file {file}: expected a mapping, got {type(layer).__name__}")
-        _merge(values, layer)
+        _merge(values, _read_mapping(file, "values file"))
     for expression in sets:
         try:
             _merge(values, helm.parse_set_string(expression))
         except helm.HelmError as e:
             raise ConfigError(f"--set {expression!r}: {e}") from None
+    if experiment is not None:
+        values.setdefault("experiment", {})["spec"] = _read_mapping(experiment, "experiment spec")  # replaces, not merges
+    if queue is not None:
+        values["queueName"] = queue
     return values
+
+
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from a file; the chart's schema checks what it holds."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{what} {path}: {getattr(e, 'strerror', None) or 'not valid YAML'}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping, got {type(loaded).__name__}")
+    return loaded
 
 
 def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 CONTAINER = "cifar-job"  # the container name the chart's podFailurePolicy refers to
 _TIMEOUT = (10, 60)  # connect, read seconds for every non-streaming API call
 POLL_SECONDS = 2.0  # between looks at the Job while no pod log is streaming
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits a Job with it by unsuspending it
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # an Indexed Job's pod: its trial
 _CORE = {  # kind -> (client API class, snake-case name in its create_namespaced_* method)
     "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
     "ServiceAccount": ("CoreV1Api", "service_account"),
@@ -218,10 +220,14 @@ def _create(target: Target, obj: Mapping[str, Any]) -> Any:
 def wait(target: Target, name: str, write: Callable[[str], None]) -> None:
     """Report pod phases and stream every pod's log until the Job completes; ClusterJobFailed if it fails.
 
-    A preempted pod's log ends with its exit (75); the retry's pod is followed next.
+    A preempted pod's log ends with its exit (75); the retry's pod is followed next. An Indexed Job
+    (an experiment) runs pods side by side, whose logs would interleave: its trials' progress is
+    reported instead (`cifar-job k8s logs` shows the newest pod's log). A suspended Job is queued
+    (by Kueue, until its quota admits it), not failed: the wait goes on.
     """
     phases: dict[str, str] = {}
     streamed: set[str] = set()
+    reported: str | None = None
     while True:
         job = _read_job(target, name)
         pods = _pods(target, name)
@@ -229,8 +235,12 @@ def wait(target: Target, name: str, write: Callable[[str], None]) -> None:
             phase = describe_pod(pod)
             if phases.get(pod.metadata.name) != phase:
                 phases[pod.metadata.name] = phase
-                log.info("pod %s: %s", pod.metadata.name, phase)
-        started = [p for p in pods if p.metadata.name not in streamed and _started(p)]
+                log.info("pod %s%s: %s", pod.metadata.name, _trial(pod), phase)
+        progress = _progress(job)
+        if progress != reported:
+            log.info("Job %s/%s: %s", target.namespace, name, progress or "admitted")
+            reported = progress
+        started = [p for p in pods if p.metadata.name not in streamed and _started(p)] if not _indexed(job) else []
         if started:
             streamed.add(started[0].metadata.name)
             for line in stream_logs(target, started[0].metadata.name, follow=True):
@@ -243,8 +253,9 @@ def wait(target: Target, name: str, write: Callable[[str], None]) -> None:
     if done.type == "Complete":
         log.info("Job %s/%s complete", target.namespace, name)
         return
-    last = f"; last pod {pods[-1].metadata.name}: {describe_pod(pods[-1])}" if pods else ""
-    raise ClusterJobFailed(f"Job {target.namespace}/{name} failed: {done.reason}: {done.message}{last}")
+    failed = f"; failed trials: {job.status.failed_indexes}" if _indexed(job) and job.status.failed_indexes else ""
+    last = f"; last pod {pods[-1].metadata.name}{_trial(pods[-1])}: {describe_pod(pods[-1])}" if pods else ""
+    raise ClusterJobFailed(f"Job {target.namespace}/{name} failed: {done.reason}: {done.message}{failed}{last}")
 
 
 def status(target: Target, name: str) -> str:
@@ -252,10 +263,13 @@ def status(target: Target, name: str) -> str:
     job = _read_job(target, name)
     done = _finished(job)
     s = job.status
-    state = f"{done.type} ({done.reason}: {done.message})" if done else ("Running" if s and s.active else "Pending")
+    queued = done is None and job.spec.suspend
+    state = f"{done.type} ({done.reason}: {done.message})" if done else ("Queued" if queued else "Running" if s and s.active else "Pending")
     counts = f"active {s.active or 0}, succeeded {s.succeeded or 0}, failed {s.failed or 0}" if s else "no pods yet"
     lines = [f"Job {target.namespace}/{name}: {state}; {counts}"]
-    lines += [f"  pod {pod.metadata.name}: {describe_pod(pod)}" for pod in _pods(target, name)]
+    progress = _progress(job)
+    lines += [f"  {progress}"] if progress else []
+    lines += [f"  pod {pod.metadata.name}{_trial(pod)}: {describe_pod(pod)}" for pod in _pods(target, name)]
     return "\n".join(lines)
 
 
@@ -330,6 +344,35 @@ def _pods(target: Target, name: str) -> list[Any]:
 def _started(pod: Any) -> bool:
     statuses = (pod.status and pod.status.container_statuses) or ()
     return any(c.name == CONTAINER and c.state and (c.state.running or c.state.terminated) for c in statuses)
+
+
+def _indexed(job: Any) -> bool:
+    return job.spec.completion_mode == "Indexed"
+
+
+def _progress(job: Any) -> str | None:
+    """Queued while suspended (by Kueue until its quota admits the Job); an Indexed Job's trials; else None."""
+    if job.spec.suspend and _finished(job) is None:
+        queue = (job.metadata.labels or {}).get(QUEUE_LABEL)
+        return f"queued: suspended until Kueue admits it (queue {queue})" if queue else "queued: suspended"
+    if not _indexed(job):
+        return None
+    s = job.status
+    complete, failed = (s and s.completed_indexes) or "", (s and s.failed_indexes) or ""
+    counts = f"trials {_count(complete)}/{job.spec.completions} complete, {_count(failed)} failed, {(s and s.active) or 0} running"
+    listed = [f"{what} {indexes}" for what, indexes in (("complete", complete), ("failed", failed)) if indexes]
+    return counts + (f" ({'; '.join(listed)})" if listed else "")
+
+
+def _count(indexes: str) -> int:
+    """How many indexes the Job status lists, e.g. "0-2,5" -> 4."""
+    ranges = [part.split("-") for part in indexes.split(",") if part]
+    return sum(int(r[-1]) - int(r[0]) + 1 for r in ranges)
+
+
+def _trial(pod: Any) -> str:
+    index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION)
+    return f" (trial {index})" if index is not None else ""
 
 
 def _finished(job: Any) -> Any:

@@ -17,6 +17,7 @@ import yaml
 
 from job import chart
 from job.config import SECTION_NAMES, TOP_LEVEL_KEYS, load_config
+from job.errors import ConfigError
 from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
 
 from .k8s_tools import CHART, ENVIRONMENTS, KUBE_VERSIONS, helm3, load_docs
@@ -233,3 +234,186 @@ def test_notes_tell_how_to_follow_the_run() -> None:
     name = job_of(load_docs(out["cifar-job/templates/job.yaml"]))["metadata"]["name"]
     assert f"kubectl -n ml logs -f job/{name}" in out["cifar-job/templates/NOTES.txt"]
     assert f"/data/runs/{name}" in out["cifar-job/templates/NOTES.txt"]
+
+
+# --- experiments and Kueue ----------------------------------------------------------------------
+
+EXAMPLE_SPEC = CHART / "examples" / "experiment.yaml"
+SPECS = {  # spec -> trials: the grid's list lengths x seeds x folds
+    "grid": ({"name": "lr", "grid": {"train.learning_rate": [0.1, 0.01, 0.001]}}, 3),
+    "seeds": ({"name": "seeds", "seeds": 5}, 5),
+    "folds": ({"name": "cv", "folds": 4}, 4),
+    "product": ({"name": "sweep", "grid": {"train.learning_rate": [0.1, 0.01], "model.name": ["reference_cnn", "airbench"]},
+                 "seeds": 3, "folds": 2}, 24),
+}
+SHARED = {"storage": {"accessModes": ["ReadWriteMany"]}}
+
+
+def experiment(spec: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Values for `spec` on a ReadWriteMany claim, plus `values`."""
+    return {**SHARED, **values, "experiment": {"spec": spec, **values.get("experiment", {})}}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_an_experiment_is_an_indexed_job_with_a_completion_per_trial(name: str) -> None:
+    spec, trials = SPECS[name]
+    job = job_of(rendered(experiment(spec)))
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == trials
+    assert job["spec"]["parallelism"] == 2 and job["spec"]["backoffLimitPerIndex"] == 3
+    assert "backoffLimit" not in job["spec"] and "maxFailedIndexes" not in job["spec"]  # per index instead; no limit by default
+    assert job_of(rendered(experiment(spec, experiment={"maxFailedIndexes": 0})))["spec"]["maxFailedIndexes"] == 0
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_completions_equal_the_experiment_modules_trial_count(name: str, tmp_path: Path) -> None:
+    """`cifar-job experiment trials` (job/experiment*.py) and the chart's template arithmetic agree."""
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    if "experiment" not in main.commands:
+        pytest.skip("cifar-job experiment is not there yet")
+    spec, trials = SPECS[name]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(main, ["experiment", "trials", str(path)])
+    assert result.exit_code == 0, result.output
+    assert int(result.stdout.strip()) == trials == job_of(rendered(experiment(spec)))["spec"]["completions"]
+
+
+def test_each_pod_runs_its_trial_in_the_jobs_experiment_directory() -> None:
+    docs = rendered(experiment(SPECS["product"][0], config={"train": {"epochs": 5}, "recipe": "fast"}))
+    job = job_of(docs)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    name = job["metadata"]["name"]
+    assert container["args"] == ["experiment", "run", "/etc/cifar-job/experiment.yaml", "--out", f"/data/experiments/{name}",
+                                 "--index", "$(JOB_COMPLETION_INDEX)"]
+    env = {e["name"] for e in container["env"]}
+    assert not {"CIFAR_JOB_CONFIG", "CIFAR_JOB_OUT"} & env  # every trial has its own out, under --out
+    assert {"CIFAR_JOB_DATA_CACHE_DIR", "CIFAR_JOB_PUBLISH_ROOT", "CIFAR_JOB_METRICS_PORT"} <= env
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    stored = yaml.safe_load(config_map["data"]["experiment.yaml"])
+    assert "config.yaml" not in config_map["data"]
+    assert stored["grid"] == SPECS["product"][0]["grid"] and stored["seeds"] == 3 and stored["folds"] == 2
+    assert stored["base"] == {"recipe": "fast", "train": {"epochs": 5, "device": "gpu"}, "validate": {"device": "gpu"}}
+
+
+def test_the_specs_base_wins_over_config() -> None:
+    spec = {"name": "cpu", "seeds": 2, "base": {"train": {"epochs": 3, "device": "cpu"}}}
+    docs = rendered(experiment(spec, config={"train": {"epochs": 9, "batch_size": 64}}))
+    base = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["experiment.yaml"])["base"]
+    assert base == {"train": {"epochs": 3, "device": "cpu", "batch_size": 64}, "validate": {"device": "gpu"}}
+
+
+def test_parallel_trials_on_a_read_write_once_claim_are_refused_unless_on_one_node() -> None:
+    spec = SPECS["seeds"][0]
+    with helm.Chart.load(CHART) as loaded, pytest.raises(helm.HelmError) as raised:
+        loaded.render(values={"experiment": {"spec": spec}}, name="cifar-job")
+    message = "experiment.parallelism above 1 needs storage.accessModes [ReadWriteMany] (pods on several nodes share the claim), " \
+              "or experiment.sameNode true to run every pod on one node"
+    assert message in str(raised.value) and "\n" not in str(raised.value).strip()
+    with helm.Chart.load(CHART) as loaded, pytest.raises(helm.HelmError, match="ReadWriteOncePod claim admits one pod"):
+        loaded.render(values={"experiment": {"spec": spec, "sameNode": True}, "storage": {"accessModes": ["ReadWriteOncePod"]}},
+                      name="cifar-job")
+    one_at_a_time = job_of(rendered({"experiment": {"spec": spec, "parallelism": 1}}))["spec"]["template"]["spec"]
+    assert "affinity" not in one_at_a_time
+    job = job_of(rendered({"experiment": {"spec": spec, "sameNode": True}}))
+    (term,) = job["spec"]["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term == {"labelSelector": {"matchLabels": {"batch.kubernetes.io/job-name": job["metadata"]["name"]}},
+                    "topologyKey": "kubernetes.io/hostname"}
+    assert "affinity" not in job_of(rendered(experiment(spec)))["spec"]["template"]["spec"]  # ReadWriteMany: any node
+
+
+@pytest.mark.parametrize("spec", [None, SPECS["seeds"][0]], ids=["run", "experiment"])
+def test_a_queue_name_hands_the_job_to_kueue_suspended(spec: dict[str, Any] | None) -> None:
+    values = experiment(spec) if spec else {}
+    plain = job_of(rendered(values, run_name="run-1"))
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"] and "suspend" not in plain["spec"]
+    queued = job_of(rendered({**values, "queueName": "team-a"}, run_name="run-1"))
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and queued["spec"]["suspend"] is True
+    assert {k: v for k, v in queued["spec"].items() if k != "suspend"} == plain["spec"]
+
+
+def test_without_a_spec_the_single_job_is_unchanged_by_the_experiment_values() -> None:
+    tuned = {"experiment": {"parallelism": 8, "backoffLimitPerIndex": 1, "maxFailedIndexes": 2, "sameNode": True}}
+    job, plain = job_of(rendered(tuned, run_name="run-1")), job_of(rendered({}, run_name="run-1"))
+    assert {k: v for k, v in job.items() if k != "metadata"} == {k: v for k, v in plain.items() if k != "metadata"}
+    assert plain["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob" and "completionMode" not in plain["spec"]
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", [experiment(SPECS["product"][0], queueName="team-a"),
+                                    {"experiment": {"spec": SPECS["folds"][0], "sameNode": True}}], ids=["rwx-kueue", "same-node"])
+def test_helm_lint_strict_passes_with_an_experiment(values: dict[str, Any], kube: str) -> None:
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{kube}.0")
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_helm3_renders_an_experiment_as_the_sdk_does(tmp_path: Path) -> None:
+    values = experiment(SPECS["product"][0], queueName="team-a")
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    template = subprocess.run([str(helm3()), "template", "cifar-job", str(CHART), "-f", str(path), "--kube-version", "1.29.0"],
+                              capture_output=True, text=True, check=True, timeout=60)
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(load_docs(template.stdout), key=key) == sorted(_sdk_docs(values), key=key)
+
+
+def _sdk_docs(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as loaded:
+        out = loaded.render(values=values, name="cifar-job", namespace="default")
+    return [d for path, text in out.items() if not path.endswith("NOTES.txt") for d in load_docs(text)]
+
+
+def test_submit_flags_set_the_spec_and_the_queue(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPECS["grid"][0]))
+    values = chart.load_values([], ["experiment.spec.seeds=9", "storage.accessModes={ReadWriteMany}"], experiment=spec, queue="team-b")
+    assert values["experiment"]["spec"] == SPECS["grid"][0] and values["queueName"] == "team-b"  # the file replaces the whole spec
+    assert job_of(rendered(values))["spec"]["completions"] == 3
+    spec.write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match=f"experiment spec {spec}: expected a mapping, got list"):
+        chart.load_values([], [], experiment=spec)
+
+
+BAD_EXPERIMENTS = [
+    ({"experiment": {"spec": {"seeds": 3}}}, "/experiment/spec"),  # no name
+    ({"experiment": {"spec": {"name": "Bad_Name"}}}, "/experiment/spec/name"),
+    ({"experiment": {"spec": {"name": "cv", "folds": 11}}}, "/experiment/spec/folds"),
+    ({"experiment": {"spec": {"name": "s", "seeds": 0}}}, "/experiment/spec/seeds"),
+    ({"experiment": {"spec": {"name": "g", "grid": {"train.learning_rate": []}}}}, "/experiment/spec/grid"),
+    ({"experiment": {"spec": {"name": "t", "sedes": 3}}}, "sedes"),
+    ({"experiment": {"spec": {"name": "b", "base": {"trian": {}}}}}, "trian"),
+    ({"experiment": {"spec": {"name": "o", "base": {"out": "/x"}}}}, "/experiment/spec/base/out"),
+    ({"experiment": {"spec": {"name": "p", "select": "test_accuracy"}}}, "/experiment/spec/select"),  # never the test set
+    ({"experiment": {"parallelism": 0}}, "/experiment/parallelism"),
+    ({"experiment": {"maxFailedIndexes": -1}}, "/experiment/maxFailedIndexes"),
+    ({"queueName": "Team A"}, "/queueName"),
+]
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_EXPERIMENTS, ids=[w for _, w in BAD_EXPERIMENTS])
+def test_schema_rejects_bad_experiment_values(values: dict[str, Any], where: str) -> None:
+    with helm.Chart.load(CHART) as loaded, pytest.raises(helm.HelmValuesError) as raised:
+        loaded.render(values={**SHARED, **values}, name="cifar-job")
+    assert where in str(raised.value)
+
+
+def test_more_trials_than_the_experiment_module_runs_are_refused() -> None:
+    with helm.Chart.load(CHART) as loaded, pytest.raises(helm.HelmError, match=r"experiment.spec: 1001 trials \(grid x seeds x folds\); at most 1000"):
+        loaded.render(values=experiment({"name": "big", "grid": {"train.seed": list(range(143))}, "seeds": 7}), name="cifar-job")
+
+
+def test_the_example_spec_renders_with_its_trials() -> None:
+    values = chart.load_values([], ["experiment.sameNode=true"], experiment=EXAMPLE_SPEC)
+    assert job_of(rendered(values))["spec"]["completions"] == yaml.safe_load(EXAMPLE_SPEC.read_text())["seeds"]
+
+
+def test_notes_tell_how_to_follow_an_experiment_and_a_queued_job() -> None:
+    values = {"experiment": {"spec": SPECS["product"][0], "sameNode": True}, "queueName": "team-a"}
+    with helm.Chart.load(CHART) as loaded:
+        out = loaded.render(values=values, name="cifar-job", namespace="ml")
+    name = job_of(load_docs(out["cifar-job/templates/job.yaml"]))["metadata"]["name"]
+    notes = out["cifar-job/templates/NOTES.txt"]
+    assert notes.startswith(f"Experiment sweep started as Indexed Job ml/{name}: 24 trials,\n2 at once")
+    assert f"/data/experiments/{name}" in notes and "LocalQueue team-a" in notes

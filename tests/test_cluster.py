@@ -18,17 +18,19 @@ from typing import Any
 
 import kmock
 import pytest
+import yaml
 from click.testing import CliRunner
 from kubernetes import client
 
 from job import chart, cluster
 from job.cli import main
-from job.errors import ClusterJobNotFound, ClusterServerError
+from job.errors import ClusterJobNotFound, ClusterServerError, Preempted
 
 from .k8s_tools import CHART, ROOT, emulator, kubeconfig
 
 NS = "ml"
 JOB_LABEL = "batch.kubernetes.io/job-name"
+INDEX = "batch.kubernetes.io/job-completion-index"  # an Indexed Job's pod: its index
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Kubelet:
         self.k8s, self.core, self.batch = k8s, client.CoreV1Api(api), client.BatchV1Api(api)
         self.count = 0
 
-    def pod(self, job: str, log: str, exit_code: int | None = None, disrupted: bool = False) -> str:
+    def pod(self, job: str, log: str, exit_code: int | None = None, disrupted: bool = False, index: int | None = None) -> str:
         self.count += 1
         name = f"{job}-{self.count}"
         self.k8s.api["get", kmock.resource("v1/pods"), kmock.name(name), kmock.subresource("log")] << log.encode()
@@ -75,7 +77,8 @@ class Kubelet:
         conditions = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}] if disrupted else []
         self.core.create_namespaced_pod(NS, {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {JOB_LABEL: job}, "creationTimestamp": f"2026-01-01T00:00:{self.count:02d}Z"},
+            "metadata": {"name": name, "labels": {JOB_LABEL: job}, "creationTimestamp": f"2026-01-01T00:00:{self.count:02d}Z",
+                         "annotations": {} if index is None else {INDEX: str(index)}},
             "status": {"phase": phase, "conditions": conditions,
                        "containerStatuses": [{"name": "cifar-job", "state": state, "ready": False, "restartCount": 0,
                                               "image": "cifar-job", "imageID": ""}]},
@@ -328,3 +331,108 @@ def test_rendering_and_api_calls_stay_apart() -> None:
     assert not any(name.startswith("kubernetes") for name in chart_imports)
     assert not any(name.startswith(("helm_python", "job.chart")) for name in cluster_imports)
     assert not any(name.startswith("job.cli") for name in cli_imports)
+
+
+# --- experiments (Indexed Jobs) and Kueue -------------------------------------------------------
+
+class Controller(Kubelet):
+    """Kubelet, plus an Indexed Job's status and Kueue's admission, each step seen by the waiter before the next."""
+
+    def status(self, job: str, **status: Any) -> None:
+        self.batch.patch_namespaced_job_status(job, NS, {"status": status})
+        self.seen(job)
+
+    def seen(self, job: str) -> None:
+        """Return once the waiter has read the Job twice more: it has reported what is there now."""
+        reads = lambda: len([r for r in self.k8s.requests("GET", f"/jobs/{job}")])  # noqa: E731
+        target, deadline = reads() + 2, time.monotonic() + 30
+        while reads() < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def spec_file(tmp_path: Path, **spec: Any) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "seeds", **spec}))
+    return str(path)
+
+
+def test_submit_wait_reports_each_trial_and_the_outcome_of_an_experiment(k8s: Cluster, tmp_path: Path) -> None:
+    def run(c: Controller) -> None:
+        c.seen("exp-1")
+        c.pod("exp-1", "", index=0), c.pod("exp-1", "", index=1)
+        c.status("exp-1", active=2)
+        c.pod("exp-1", "", index=0, exit_code=0)
+        c.status("exp-1", active=2, completedIndexes="0")
+        c.pod("exp-1", "", index=1, exit_code=Preempted.exit_code, disrupted=True)  # preempted: the index is retried, uncounted
+        c.pod("exp-1", "", index=2, exit_code=1)  # an unexpected failure: retried within backoffLimitPerIndex
+        c.status("exp-1", active=2, completedIndexes="0", failed=1)
+        c.pod("exp-1", "", index=1, exit_code=0), c.pod("exp-1", "", index=2, exit_code=0)  # the last one selected and published
+        c.status("exp-1", active=0, completedIndexes="0-2", failed=1, succeeded=3)
+        c.finish("exp-1", "Complete", "CompletionsReached", "Reached expected number of succeeded pods", succeeded=3, failed=1)
+
+    thread = Controller(k8s).after_submit("exp-1", run)
+    result = k8s.cli("k8s", "submit", "--experiment", spec_file(tmp_path, seeds=3), "--set", "storage.accessModes={ReadWriteMany}",
+                     "--name", "exp-1", "--wait")
+    thread.join(30)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "exp-1\n"  # side-by-side pods' logs are not interleaved
+    job = k8s.stored("jobs", "exp-1")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 3
+    progress = [line.split("Job ml/exp-1: ", 1)[1] for line in result.stderr.splitlines() if "Job ml/exp-1: " in line]
+    assert progress == [
+        "trials 0/3 complete, 0 failed, 0 running",
+        "trials 0/3 complete, 0 failed, 2 running",
+        "trials 1/3 complete, 0 failed, 2 running (complete 0)",
+        "trials 3/3 complete, 0 failed, 0 running (complete 0-2)",
+    ]
+    assert "pod exp-1-4 (trial 1): Failed (disrupted: PreemptionByScheduler)" in result.stderr
+    assert "pod exp-1-5 (trial 2): Failed, exit 1 (error)" in result.stderr
+    assert "pod exp-1-7 (trial 2): Succeeded, exit 0 (success)" in result.stderr
+    assert "Job ml/exp-1 complete" in result.stderr
+
+
+def test_submit_wait_names_the_failed_trials_when_an_experiment_fails(k8s: Cluster, tmp_path: Path) -> None:
+    def run(c: Controller) -> None:
+        c.seen("exp-2")
+        c.pod("exp-2", "", index=0, exit_code=0)
+        c.pod("exp-2", "", index=1, exit_code=13)  # diverged: FailIndex, the other trials go on
+        c.status("exp-2", active=0, completedIndexes="0", failedIndexes="1", failed=1, succeeded=1)
+        c.finish("exp-2", "Failed", "FailedIndexes", "Job has failed indexes", succeeded=1, failed=1)
+
+    thread = Controller(k8s).after_submit("exp-2", run)
+    result = k8s.cli("k8s", "submit", "--experiment", spec_file(tmp_path, seeds=2), "--set", "experiment.sameNode=true",
+                     "--name", "exp-2", "--wait")
+    thread.join(30)
+    assert result.exit_code == 11, result.output
+    assert "Job ml/exp-2: trials 1/2 complete, 1 failed, 0 running (complete 0; failed 1)" in result.stderr
+    error = error_line(result)
+    assert error.startswith("cifar-job: error: Job ml/exp-2 failed: FailedIndexes: Job has failed indexes; failed trials: 1; ")
+    assert error.endswith("last pod exp-2-2 (trial 1): Failed, exit 13 (diverged)")
+
+
+def test_a_job_queued_by_kueue_is_reported_queued_until_admitted(k8s: Cluster) -> None:
+    def admit(c: Controller) -> None:
+        c.seen("q-1")
+        c.batch.patch_namespaced_job("q-1", NS, {"spec": {"suspend": False}})  # Kueue admits it
+        c.pod("q-1", "epoch 1/1\n", exit_code=0)
+        c.finish("q-1", "Complete", "CompletionsReached", "done", succeeded=1)
+
+    thread = Controller(k8s).after_submit("q-1", admit)
+    result = k8s.cli("k8s", "submit", "--queue", "team-a", "--name", "q-1", "--wait")
+    thread.join(30)
+    assert result.exit_code == 0, result.output
+    job = k8s.stored("jobs", "q-1")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    lines = [line for line in result.stderr.splitlines() if ": Job ml/q-1" in line]
+    assert [line.split(": Job ml/q-1", 1)[1] for line in lines] == [
+        ": queued: suspended until Kueue admits it (queue team-a)", ": admitted", " complete"]
+    assert result.stdout.splitlines() == ["q-1", "epoch 1/1"]
+
+
+def test_status_says_queued_for_a_suspended_job(k8s: Cluster) -> None:
+    assert k8s.cli("k8s", "submit", "--queue", "team-a", "--name", "q-2").exit_code == 0
+    result = k8s.cli("k8s", "status", "q-2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[:2] == ["Job ml/q-2: Queued; no pods yet", "  queued: suspended until Kueue admits it (queue team-a)"]
+    assert k8s.cli("k8s", "submit", "--name", "plain").exit_code == 0
+    assert k8s.cli("k8s", "status", "plain").stdout.splitlines() == ["Job ml/plain: Pending; no pods yet"]

@@ -23,7 +23,7 @@ from job import chart
 from job.cli import main
 from job.errors import NON_RETRYABLE_EXIT_CODES, Preempted
 
-from .k8s_tools import CHART, ENVIRONMENTS, K8S, crd_errors, emulator, kube_validate, kubeconfig, load_docs
+from .k8s_tools import CHART, ENVIRONMENTS, K8S, ROOT, crd_errors, emulator, kube_validate, kubeconfig, load_docs
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
 
@@ -179,8 +179,96 @@ def test_podmonitor_scrapes_the_jobs_pod() -> None:
 
 
 def test_yaml_lints_clean() -> None:
-    files = [*K8S.glob("*.yaml"), K8S / "Kustomization", *CHART.glob("values*.yaml")]
+    files = [*K8S.glob("*.yaml"), K8S / "Kustomization", *K8S.glob("experiment/*"), *CHART.glob("values*.yaml"), *CHART.glob("examples/*")]
     config = "{extends: default, rules: {document-start: disable, line-length: {max: 120}}}"
     done = subprocess.run([sys.executable, "-m", "yamllint", "-s", "-d", config, *map(str, files)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout
+
+
+# --- the experiment: an Indexed Job, with and without Kueue --------------------------------------
+
+EXPERIMENT_DIR = K8S / "experiment"
+EXAMPLE_SPEC = "charts/cifar-job/examples/experiment.yaml"
+REGENERATE_EXPERIMENT = ["k8s", "render", "--set", "managedBy=kubectl", "--set", "experiment.sameNode=true", "--experiment", EXAMPLE_SPEC,
+                         "--output-dir"]
+
+
+def experiment_docs(directory: Path = EXPERIMENT_DIR) -> list[dict[str, Any]]:
+    return [doc for path in sorted(directory.glob("*.yaml")) for doc in load_docs(path.read_text())]
+
+
+def _experiment(*sets: str, queue: str | None = None) -> list[dict[str, Any]]:
+    values = chart.load_values([CHART / "values-prod.yaml"], sets, experiment=CHART / "examples" / "experiment.yaml", queue=queue)
+    return chart.objects(chart.render(values))
+
+
+EXPERIMENTS = {
+    "k8s/experiment/": experiment_docs,
+    "indexed": lambda: _experiment("storage.accessModes={ReadWriteMany}", "experiment.maxFailedIndexes=1"),
+    "kueue": lambda: chart.objects(chart.render(chart.load_values([], [], queue="team-a"))),
+    "indexed+kueue": lambda: _experiment("experiment.sameNode=true", queue="team-a"),
+}
+
+
+def test_k8s_experiment_is_the_charts_current_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the header names the spec by the path given
+    result = CliRunner().invoke(main, [*REGENERATE_EXPERIMENT, str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    fresh = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    assert {p.name: p.read_text() for p in EXPERIMENT_DIR.glob("*.yaml")} == fresh, (
+        f"k8s/experiment/ is stale: run `cifar-job {' '.join(REGENERATE_EXPERIMENT)} k8s/experiment`")
+    shared = {p.name for p in K8S.glob("*.yaml")} - {"job.yaml", "configmap.yaml"}
+    for name in shared:  # the same claim and companions as k8s/: applying both changes nothing
+        assert load_docs((EXPERIMENT_DIR / name).read_text()) == load_docs((K8S / name).read_text()), name
+
+
+@pytest.mark.parametrize("rendering", EXPERIMENTS)
+def test_experiment_and_kueue_objects_pass_the_official_schemas_strictly(rendering: str) -> None:
+    docs = EXPERIMENTS[rendering]()
+    job = next(d for d in docs if d["kind"] == "Job")
+    assert ("completionMode" in job["spec"]) == (rendering != "kueue") and ("suspend" in job["spec"]) == ("kueue" in rendering)
+    for doc in docs:
+        if doc["kind"] not in MONITORING:
+            kube_validate(doc)
+
+
+def test_schema_validation_catches_a_misspelt_indexed_job_field() -> None:
+    job = next(d for d in experiment_docs() if d["kind"] == "Job")
+    job["spec"]["backoffLimitPerIndexes"] = 3
+    with pytest.raises(Exception, match="backoffLimitPerIndexes"):
+        kube_validate(job)
+
+
+@pytest.mark.parametrize("rendering", [r for r in EXPERIMENTS if r != "kueue"])
+def test_a_trial_fails_its_index_on_fatal_exit_codes_and_ignores_disruptions(rendering: str) -> None:
+    spec = next(d for d in EXPERIMENTS[rendering]() if d["kind"] == "Job")["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 3 and spec["backoffLimitPerIndex"] >= 0
+    assert "backoffLimit" not in spec and spec["podReplacementPolicy"] == "Failed"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert [r["onExitCodes"]["values"] for r in rules if r["action"] == "FailIndex"] == [list(NON_RETRYABLE_EXIT_CODES)]
+    assert not [r for r in rules if r["action"] == "FailJob"]
+    assert [r["onExitCodes"]["values"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r] == [[Preempted.exit_code]]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_kustomize_renders_the_same_experiment_objects() -> None:
+    kustomization = yaml.safe_load((EXPERIMENT_DIR / "Kustomization").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in EXPERIMENT_DIR.glob("*.yaml"))
+    rendered = subprocess.run(["kubectl", "kustomize", str(EXPERIMENT_DIR)], capture_output=True, text=True, check=True, timeout=60)
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(load_docs(rendered.stdout), key=key) == sorted(experiment_docs(), key=key)
+
+
+def test_kubectl_apply_accepts_k8s_then_the_experiment(tmp_path: Path) -> None:
+    with emulator() as (api, url):
+        config = kubeconfig(tmp_path / "kubeconfig", url, namespace="ml")
+        for directory in (K8S, EXPERIMENT_DIR):
+            done = subprocess.run(["kubectl", "--kubeconfig", str(config), "apply", "--validate=false", "-f", str(directory)],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        jobs = sorted(key[2] for key in api.objects if key[0].plural == "jobs")
+    assert jobs == sorted(next(d for d in docs if d["kind"] == "Job")["metadata"]["name"] for docs in (k8s_docs(), experiment_docs()))

@@ -30,6 +30,26 @@ create a new Job instead of patching the old one.
 {{- .Values.runName | default (printf "%s-%s" (include "cifar-job.fullname" .) $hash) }}
 {{- end }}
 
+{{/*
+Trials of an experiment spec (the Indexed Job's completions): the product of the grid's list
+lengths, seeds and folds, as `cifar-job experiment trials` counts them.
+*/}}
+{{- define "cifar-job.trials" -}}
+{{- $trials := 1 }}
+{{- range $key, $choices := get . "grid" | default dict }}
+{{- $trials = mul $trials (len $choices) }}
+{{- end }}
+{{- mul $trials (get . "seeds" | default 1 | int) (get . "folds" | default 1 | int) }}
+{{- end }}
+
+{{/*
+Where an experiment's trials, summary and lock live on the claim: named like the Job, so a
+retried index resumes its trial and a changed spec (a new Job) starts a new experiment.
+*/}}
+{{- define "cifar-job.experimentDir" -}}
+{{- printf "%s/experiments/%s" .Values.storage.mountPath (include "cifar-job.runName" .) }}
+{{- end }}
+
 {{- define "cifar-job.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "cifar-job.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
