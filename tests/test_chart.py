@@ -404,6 +404,13 @@ def test_more_trials_than_the_experiment_module_runs_are_refused() -> None:
         loaded.render(values=experiment({"name": "big", "grid": {"train.seed": list(range(143))}, "seeds": 7}), name="cifar-job")
 
 
+def test_more_failed_trials_allowed_than_there_are_is_refused() -> None:
+    """The API server would refuse the Job (maxFailedIndexes <= completions); say so at install time."""
+    assert job_of(rendered(experiment(SPECS["seeds"][0], experiment={"maxFailedIndexes": 5})))["spec"]["maxFailedIndexes"] == 5
+    with helm.Chart.load(CHART) as loaded, pytest.raises(helm.HelmError, match="experiment.maxFailedIndexes 6: more than the experiment's 5 trials"):
+        loaded.render(values=experiment(SPECS["seeds"][0], experiment={"maxFailedIndexes": 6}), name="cifar-job")
+
+
 def test_the_example_spec_renders_with_its_trials() -> None:
     values = chart.load_values([], ["experiment.sameNode=true"], experiment=EXAMPLE_SPEC)
     assert job_of(rendered(values))["spec"]["completions"] == yaml.safe_load(EXAMPLE_SPEC.read_text())["seeds"]
