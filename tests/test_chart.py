@@ -271,8 +271,6 @@ def test_completions_equal_the_experiment_modules_trial_count(name: str, tmp_pat
 
     from job.cli import main
 
-    if "experiment" not in main.commands:
-        pytest.skip("cifar-job experiment is not there yet")
     spec, trials = SPECS[name]
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -296,6 +294,22 @@ def test_each_pod_runs_its_trial_in_the_jobs_experiment_directory() -> None:
     assert "config.yaml" not in config_map["data"]
     assert stored["grid"] == SPECS["product"][0]["grid"] and stored["seeds"] == 3 and stored["folds"] == 2
     assert stored["base"] == {"recipe": "fast", "train": {"epochs": 5, "device": "gpu"}, "validate": {"device": "gpu"}}
+
+
+@pytest.mark.parametrize("env", VALUE_FILES)
+def test_the_pods_spec_and_environment_load_as_the_experiment_module_reads_them(env: str, tmp_path: Path) -> None:
+    """The ConfigMap's spec (config merged under its base) with the container's environment: every trial's config is valid."""
+    from job.experiment_spec import load_spec
+
+    docs = rendered({**values_of(env), **experiment(SPECS["product"][0], config=values_of(env).get("config", {}))})
+    (container,) = job_of(docs)["spec"]["template"]["spec"]["containers"]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["experiment.yaml"])
+    spec = load_spec(path, env={e["name"]: e["value"] for e in container["env"]})
+    assert spec.trial_count == SPECS["product"][1]
+    for trial in spec.trials():
+        assert str(trial.settings.publish.root) == "/data/models" and str(trial.settings.data.cache_dir) == "/data/cache"
+        assert trial.settings.metrics.port == container["ports"][0]["containerPort"]
 
 
 def test_the_specs_base_wins_over_config() -> None:
@@ -349,10 +363,12 @@ def test_helm_lint_strict_passes_with_an_experiment(values: dict[str, Any], kube
     assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-def test_helm3_renders_an_experiment_as_the_sdk_does(tmp_path: Path) -> None:
+def test_helm3_lints_and_renders_an_experiment_as_the_sdk_does(tmp_path: Path) -> None:
     values = experiment(SPECS["product"][0], queueName="team-a")
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values))
+    lint = subprocess.run([str(helm3()), "lint", "--strict", str(CHART), "-f", str(path)], capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     template = subprocess.run([str(helm3()), "template", "cifar-job", str(CHART), "-f", str(path), "--kube-version", "1.29.0"],
                               capture_output=True, text=True, check=True, timeout=60)
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
