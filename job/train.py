@@ -146,17 +146,20 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
 
 
 def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
-    """All visible GPUs (mirrored when several), else the CPU; `gpu` insists on one, `cpu` hides them."""
+    """All visible GPUs (mirrored when several), else the CPU; `gpu` insists on one, `cpu` hides them.
+
+    A CPU split into logical devices (tf.config.set_logical_device_configuration, before anything
+    else touches TensorFlow) is mirrored too: how the several-GPU path is tested without GPUs.
+    """
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
     gpus = tf.config.list_logical_devices("GPU")
     if device == "gpu" and not gpus:
         raise DeviceUnavailable("train.device=gpu: TensorFlow sees no GPU (no device, or its driver, CUDA or cuDNN libraries are missing)")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy([g.name for g in gpus]), [g.name for g in gpus]
-    if gpus:
-        return tf.distribute.get_strategy(), [gpus[0].name]
-    return tf.distribute.get_strategy(), ["CPU"]
+    replicas = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+    if len(replicas) > 1:
+        return tf.distribute.MirroredStrategy(replicas), replicas
+    return tf.distribute.get_strategy(), replicas if gpus else ["CPU"]
 
 
 @contextlib.contextmanager
@@ -168,7 +171,7 @@ def precision_policy(keras: Any, mixed: bool, devices: list[str]) -> Iterator[No
     """
     previous = keras.mixed_precision.global_policy()
     if mixed:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if devices[0] == "CPU" else "mixed_float16")
+        keras.mixed_precision.set_global_policy("mixed_float16" if "GPU" in devices[0] else "mixed_bfloat16")
     try:
         yield
     finally:

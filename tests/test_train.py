@@ -255,3 +255,35 @@ def test_a_full_disk_during_training_is_one_line_exit_12_and_leaves_nothing_part
     assert last.startswith(f"cifar-job: error: file {out}/run/best.weights.h5: ") and "nothing was changed" in last
     assert "Traceback" not in done.stderr
     assert left and not [f for f in left if ".tmp" in f or f.endswith(".h5")], left  # no partial weights, no temporary files
+
+
+# --- several replicas in one pod (MirroredStrategy), on a CPU split in two ----------------------
+
+_TWO_REPLICAS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from job.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_two_replicas_train_like_one_with_the_same_global_batch(real_archive: Path, tmp_path: Path) -> None:
+    """The several-GPU path (MirroredStrategy) on two logical CPU devices: each replica takes half of every batch."""
+    args = ["--set", "data.train_limit=1000", "--set", "data.test_limit=100", "--epochs", "2", "--batch-size", "64"]
+    args += ["--set", "train.augment=false", "--set", "train.deterministic=true"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_cli("train", "--data", str(real_archive), "--out", str(one), *args), env=env, check=True, capture_output=True)
+    mirrored = [sys.executable, "-c", _TWO_REPLICAS, "train", "--data", str(real_archive), "--out", str(two), *args]
+    result = subprocess.run(mirrored, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+    a, b = (json.loads((run / "train.json").read_text()) for run in (one, two))
+    assert a["devices"] == ["CPU"] and len(b["devices"]) == 2 and all("CPU" in d for d in b["devices"])
+    # Dropout draws its own masks per replica, so the runs agree to rounding and dropout noise, not bitwise.
+    history_a, history_b = (json.loads((run / "history.json").read_text()) for run in (one, two))
+    for epoch_a, epoch_b in zip(history_a, history_b, strict=True):
+        for key in ("loss", "val_loss"):
+            assert epoch_b[key] == pytest.approx(epoch_a[key], rel=2e-3), key
