@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[str], None]
 POLL_SECONDS = 0.2
+LOG_TAIL_BYTES = 16384  # where a failed trial's error line is looked for
 STOP_SECONDS = 120  # a trial stopped by SIGTERM finishes its step and saves; then it is killed
 PR_SET_PDEATHSIG = 1
 
@@ -108,7 +109,7 @@ def _start(trial: Trial, root: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}  # trial.yaml already holds their effect
     with open(paths.trial_log(trial.index), "ab") as output:
         command = [sys.executable, "-m", "job", "train", "--config", str(paths.trial_config(trial.index))]
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)  # noqa: S603
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads in this process before the trials start
 
 
 def _die_with_parent() -> None:
@@ -133,7 +134,9 @@ def _ended(spec: ExperimentSpec, root: Path, index: int, code: int, report: Repo
 
 def _last_error(log_file: Path) -> str:
     """The trial's one-line error, from the end of its log."""
-    tail = read_bounded(log_file, 1 << 30, ConfigError, "trial log")[-16384:].decode(errors="replace")
+    with open(log_file, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
+        tail = f.read().decode(errors="replace")
     errors = [line for line in tail.splitlines() if line.startswith("cifar-job: error:")]
     return errors[-1] if errors else f"no error line; see {log_file}"
 
@@ -176,7 +179,7 @@ def run_index(spec: ExperimentSpec, root: Path, index: int, report: Report) -> N
 def _finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Report) -> None:
     unfinished = [t.index for t in spec.trials() if status(t, root) == "unfinished"]
     if unfinished:
-        report(f"trial {index}: done; {len(unfinished)} trials unfinished, the last to finish finalises")
+        report(f"trial {index}: done; {len(unfinished)} of {spec.trial_count} trials unfinished, the last to finish finalises")
     elif not take_lock(ExperimentPaths(root).finalize_lock, index):
         report(f"trial {index}: done; every trial is finished and another index holds {ExperimentPaths(root).finalize_lock}")
     else:

@@ -167,11 +167,11 @@ def test_k_fold_trials_finishing_together_on_two_indices_publish_once(tmp_path: 
     pods = [_start(spec, out, "--index", str(i)) for i in (0, 1)]  # two pods of an Indexed Job, trial 2 still to come
     for code, stdout, stderr in map(_finish, pods):
         assert code == 0, stderr
-        assert "trials unfinished, the last to finish finalises" in stdout
+        assert "of 3 trials unfinished, the last to finish finalises" in stdout
     trial = load_spec(spec, env={}, flags=FLAGS).trials()[2]  # trial 2 trained apart, so that no pod finalises yet
     ExperimentPaths(out).trial(2).root.mkdir(parents=True)
     trial.config(out).write(ExperimentPaths(out).trial_config(2))
-    done = subprocess.run([sys.executable, "-m", "job", "train", "--config", str(ExperimentPaths(out).trial_config(2))], env=ENV, capture_output=True, timeout=TIMEOUT)  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "job", "train", "--config", str(ExperimentPaths(out).trial_config(2))], env=ENV, capture_output=True, timeout=TIMEOUT, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert not (out / "summary.json").exists()
 
@@ -197,7 +197,7 @@ def test_k_fold_trials_finishing_together_on_two_indices_publish_once(tmp_path: 
 def test_trials_that_fail_are_recorded_and_an_experiment_with_none_left_fails_with_their_code(tmp_path: Path) -> None:
     spec, out = _spec(tmp_path, seeds=2), tmp_path / "exp"
     command = [sys.executable, "-m", "job", "experiment", "run", str(spec), "--out", str(out), "--parallel", "2", "--data", str(tmp_path / "missing.tar.gz")]
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 3, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "cifar-job: error: experiment t: all 2 trials failed (trial 0: exit 3); nothing to publish"
     for i in (0, 1):
@@ -206,3 +206,14 @@ def test_trials_that_fail_are_recorded_and_an_experiment_with_none_left_fails_wi
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["completed"], summary["failed"]) == (0, 2)
     assert not (out / "selection.json").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_pod_whose_trial_fails_for_good_records_it_and_exits_with_its_code(tmp_path: Path) -> None:
+    spec, out = _spec(tmp_path, seeds=2), tmp_path / "exp"
+    command = [sys.executable, "-m", "job", "experiment", "run", str(spec), "--out", str(out), "--index", "1", "--data", str(tmp_path / "missing.tar.gz")]
+    done = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"cifar-job: error: data {tmp_path / 'missing.tar.gz'}: no such file")
+    assert "trial 1: done; 1 of 2 trials unfinished" in done.stdout
+    assert json.loads(ExperimentPaths(out).trial_failed(1).read_text())["exit_code"] == 3
+    assert not ExperimentPaths(out).trial_failed(0).exists() and not (out / "finalize.lock").exists()
