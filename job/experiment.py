@@ -41,6 +41,7 @@ from job.experiment_spec import ExperimentSpec, Trial
 from job.experiment_summary import NothingToSelect, TrialFailure, experiment_record, select, summarise, trial_row, write_summary
 from job.metrics_session import metrics_session
 from job.paths import ExperimentPaths, RunPaths
+from job.records import read_marker
 from job.stage import StageInputs
 from job.stages import BY_NAME, run_stage, run_stages
 
@@ -79,6 +80,9 @@ def _record_failure(root: Path, index: int, exit_code: int, message: str) -> Non
 
 def run_all(spec: ExperimentSpec, root: Path, parallel: int, report: Report) -> None:
     """Run every trial not yet completed, `parallel` at a time, then finalise."""
+    ports = {t.settings.metrics.port for t in spec.trials()} - {0}
+    if parallel > 1 and ports:
+        raise ConfigError(f"--parallel {parallel}: the trials would all serve /metrics on port {min(ports)}; set metrics.port=0 or run one at a time")
     todo = [t for t in spec.trials() if status(t, root) != "completed"]
     report(f"experiment {spec.name}: {spec.trial_count - len(todo)} of {spec.trial_count} trials complete, {len(todo)} to run")
     running: dict[int, subprocess.Popen[bytes]] = {}
@@ -217,6 +221,9 @@ def finalise(spec: ExperimentSpec, root: Path, report: Report) -> None:
     chosen = spec.trials()[selection["trial"]]
     config, run = chosen.config(root), paths.trial(chosen.index)
     report(f"experiment {spec.name}: selected trial {chosen.index} (group {chosen.group}, {spec.select} {selection['trial_value']:.4f})")
-    atomic_write(run.experiment, json.dumps(experiment_record(summary, selection), indent=1) + "\n")
+    record = experiment_record(summary, selection)
+    if read_marker(run.experiment) != record:  # the model must carry the summary it was chosen by: export and what follows are redone
+        atomic_write(run.experiment, json.dumps(record, indent=1) + "\n")
+        run.export_result.unlink(missing_ok=True)
     with metrics_session(config, "experiment") as metrics:
         run_stages(config, run, metrics, report=lambda stage, result: report(f"{stage}: {result.summary()}"))

@@ -190,8 +190,15 @@ def test_k_fold_trials_finishing_together_on_two_indices_publish_once(tmp_path: 
 
     code, stdout, stderr = _finish(_start(spec, out, "--index", str(winners[0])))  # the lock holder's pod, retried
     assert code == 0, stderr
-    assert "already published" in stdout or "every stage is complete" in stdout + stderr
+    assert "every stage is complete; nothing to do" in stderr
     _check_published_once(tmp_path, out, chosen, 3)
+
+    run = ExperimentPaths(out).trial(chosen)
+    run.experiment.write_text("{}")  # a summary other than the one the model carries: export and what follows are redone
+    code, stdout, stderr = _finish(_start(spec, out, "--index", str(winners[0])))
+    assert code == 0, stderr
+    assert "export: exported" in stdout and json.loads(run.experiment.read_text())["selected"]["trial"] == chosen
+    _check_published_once(tmp_path, out, chosen, 3)  # the same model bytes: already published as version 1
 
 
 def test_trials_that_fail_are_recorded_and_an_experiment_with_none_left_fails_with_their_code(tmp_path: Path) -> None:

@@ -158,3 +158,12 @@ def test_a_fold_outside_the_folds_is_refused(settings: dict[str, int], problem: 
 def test_the_fold_is_part_of_the_training_digest() -> None:
     digests = {load_config(env={}, overrides=o).training_digest() for o in ({}, {"data.folds": 3}, {"data.folds": 3, "data.fold": 1})}
     assert len(digests) == 3
+
+
+def test_parallel_trials_cannot_share_a_metrics_port(tmp_path: Path) -> None:
+    spec, out = _write(tmp_path, "name: a\nseeds: 2\n"), tmp_path / "exp"
+    args = ["experiment", "run", str(spec), "--out", str(out), "--parallel", "2", "--set", "metrics.port=9100"]
+    result = CliRunner().invoke(main, args, env={})
+    assert result.exit_code == 2
+    assert result.stderr == "cifar-job: error: --parallel 2: the trials would all serve /metrics on port 9100; set metrics.port=0 or run one at a time\n"
+    assert not out.exists()
