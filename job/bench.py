@@ -18,13 +18,13 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import click
 
-from job.config import Config, load_config
+from job.config import Config, load_config, parse_sets
 from job.errors import ConfigError, DeviceUnavailable
 from job.recipes import RECIPES
 
@@ -96,9 +96,10 @@ def select_pairs(models: Sequence[str], recipes: Sequence[str]) -> list[tuple[st
     return pairs
 
 
-def recipe_config(architecture: str, recipe: str, device: str) -> Config:
-    """The recipe as defined, not as this process's environment would change it (CIFAR_JOB_*)."""
-    return load_config(env={}, overrides={"model.name": architecture, "recipe": recipe, "train.device": device, "validate.device": device})
+def recipe_config(architecture: str, recipe: str, device: str, overrides: Mapping[str, Any] | None = None) -> Config:
+    """The recipe as defined (and `--set`), not as this process's environment would change it (CIFAR_JOB_*)."""
+    chosen = {"model.name": architecture, "recipe": recipe, "train.device": device, "validate.device": device}
+    return load_config(env={}, overrides={**chosen, **(overrides or {})})
 
 
 def forward_flops(model: Any) -> int:
@@ -305,9 +306,9 @@ def machine(device: str, tf_device: str) -> dict[str, Any]:
     }
 
 
-def run_bench(pairs: Sequence[tuple[str, str]], device: str, settings: Settings) -> dict[str, Any]:
+def run_bench(pairs: Sequence[tuple[str, str]], device: str, settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Peak first, then training and inference: the document `--json` prints."""
-    configs = [recipe_config(a, r, device) for a, r in pairs]
+    configs = [recipe_config(a, r, device, overrides) for a, r in pairs]
     tf_device = tensorflow_device(device)
     peak = measure_peak(tf_device, settings)
     training = [measure_training(c, tf_device, settings.steps, peak) for c in configs]
@@ -315,6 +316,7 @@ def run_bench(pairs: Sequence[tuple[str, str]], device: str, settings: Settings)
     inference = [row for c in served.values() for row in measure_inference(c, device, settings, peak)]
     return {
         "machine": machine(device, tf_device),
+        "overrides": dict(overrides or {}),
         "peak": peak,
         "training": [asdict(r) for r in _with_reference_ratio(training, lambda r: (r.model, r.recipe) == REFERENCE, lambda r: None)],
         "inference": [
@@ -353,6 +355,7 @@ def render(report: dict[str, Any]) -> str:
             f"{mixed} {p['matmul_gflops'][mixed]:,.1f} GFLOP/s; 3x3 conv {'x'.join(map(str, p['conv3x3_shape']))} "
             f"float32 {p['conv3x3_gflops']['float32']:,.1f} GFLOP/s"
         ),
+        *([f"every recipe with: {', '.join(f'{k}={v}' for k, v in report['overrides'].items())}"] if report["overrides"] else []),
         "",
         "training (images/s from the median step, the first (tracing) step excluded; GFLOP/s = images/s x 3 forward passes)",
         _table(
@@ -396,8 +399,9 @@ def _positive(value: str | None, option: str) -> int | None:
 @click.option("--device", default="auto", metavar="auto|gpu|cpu", help="TensorFlow and onnxruntime device: auto (GPU if one works), gpu (or fail, exit 7), cpu.  [default: auto]")
 @click.option("--steps", metavar="INTEGER", help="Timed training steps per recipe, after the untimed first one.  [default: 10; 3 with --quick]")
 @click.option("--quick", is_flag=True, help="Shorter measurements: smaller matmul, fewer repeats and inference runs.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A config key for every recipe, e.g. --set train.mixed_precision=false (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-def bench(models: tuple[str, ...], recipes: tuple[str, ...], device: str, steps: str | None, quick: bool, as_json: bool) -> None:
+def bench(models: tuple[str, ...], recipes: tuple[str, ...], device: str, steps: str | None, quick: bool, sets: tuple[str, ...], as_json: bool) -> None:
     """Measure this machine: matmul/conv peak, training images/s per recipe, onnxruntime inference.
 
     Every figure is also given as a ratio to the peak and to reference_cnn/study, measured in the same run.
@@ -407,5 +411,5 @@ def bench(models: tuple[str, ...], recipes: tuple[str, ...], device: str, steps:
     settings = QUICK if quick else Settings()
     timed = _positive(steps, "--steps")
     settings = replace(settings, steps=timed) if timed is not None else settings
-    report = run_bench(select_pairs(models, recipes), device, settings)
+    report = run_bench(select_pairs(models, recipes), device, settings, parse_sets(sets))
     click.echo(json.dumps(report, indent=2) if as_json else render(report))

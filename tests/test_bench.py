@@ -14,7 +14,7 @@ from job.cli import main
 
 # The study's CNN: conv 32x32x32 of 27 multiply-adds, 16x16x64 of 288, 8x8x128 of 576; dense 8192x256, 256x10.
 REFERENCE_CNN_GFLOP = 2 * (32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 8 * 8 * 128 * 576 + 8192 * 256 + 256 * 10) / 1e9
-QUICK_RUN = ["bench", "--model", "reference_cnn", "--recipe", "study", "--quick", "--steps", "2", "--json"]
+QUICK_RUN = ["bench", "--model", "reference_cnn", "--recipe", "study", "--quick", "--steps", "2", "--set", "train.batch_size=16", "--json"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def test_the_report_names_the_machine_and_a_positive_peak(report) -> None:
 
 def test_training_is_measured_for_the_chosen_recipe_only(report) -> None:
     (row,) = report["training"]
-    assert (row["model"], row["recipe"], row["precision"], row["batch_size"], row["steps"]) == ("reference_cnn", "study", "float32", 32, 2)
+    assert (row["model"], row["recipe"], row["precision"], row["batch_size"], row["steps"]) == ("reference_cnn", "study", "float32", 16, 2)
+    assert report["overrides"] == {"train.batch_size": 16}  # --set reaches the measured config
     assert all(_positive(row[k]) for k in ("images_per_s", "gflop_per_image", "gflops"))
     assert row["gflop_per_image"] == pytest.approx(3 * REFERENCE_CNN_GFLOP, abs=1e-6)  # forward and backward: three forward passes
 
