@@ -96,7 +96,7 @@ def run_all(spec: ExperimentSpec, root: Path, parallel: int, report: Report) -> 
             for index, process in list(running.items()):
                 if process.poll() is not None:
                     del running[index]
-                    if not _ended(spec, root, index, process.returncode, report):
+                    if not _ended(root, index, process.returncode, report):
                         interrupted.append(index)
     except BaseException:
         _stop(running)
@@ -121,7 +121,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _ended(spec: ExperimentSpec, root: Path, index: int, code: int, report: Report) -> bool:
+def _ended(root: Path, index: int, code: int, report: Report) -> bool:
     """Record how a trial's process ended; False when it was stopped (75) and must be resumed."""
     if code == 0:
         report(f"trial {index}: completed")
