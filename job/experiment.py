@@ -23,6 +23,7 @@ markers: a second run publishes nothing new).
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -113,12 +114,15 @@ def _start(trial: Trial, root: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}  # trial.yaml already holds their effect
     with open(paths.trial_log(trial.index), "ab") as output:
         command = [sys.executable, "-m", "job", "train", "--config", str(paths.trial_config(trial.index))]
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads in this process before the trials start
+        die_with_parent = functools.partial(_die_with_parent, os.getpid())
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads in this process before the trials start
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child before exec: the kernel kills it when the experiment process dies, even by SIGKILL."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def _ended(root: Path, index: int, code: int, report: Report) -> bool:

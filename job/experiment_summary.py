@@ -29,6 +29,7 @@ from job.paths import ExperimentPaths, RunPaths
 from job.records import MAX_RECORD_BYTES, Record, read_marker
 
 METRICS = ("val_accuracy", "val_loss")
+MAX_PLOT_INCHES, MAX_GROUP_TICKS = 30, 40  # a plot of up to 1,000 groups stays an image a viewer opens
 
 
 class NothingToSelect(JobError):
@@ -220,7 +221,7 @@ def _plot(summary: dict[str, Any], selection: dict[str, Any] | None, paths: Expe
     from matplotlib.figure import Figure
 
     groups = summary["groups"]
-    fig = Figure(figsize=(max(6, 1.2 * len(groups) + 2), 7), dpi=100)
+    fig = Figure(figsize=(min(MAX_PLOT_INCHES, max(6, 0.6 * len(groups) + 2)), 7), dpi=100)
     for position, metric in enumerate(METRICS, start=1):
         ax = fig.add_subplot(2, 1, position)
         done = [r for r in summary["trial_rows"] if r["status"] == "completed"]
@@ -233,7 +234,8 @@ def _plot(summary: dict[str, Any], selection: dict[str, Any] | None, paths: Expe
         if selection:
             chosen = next(r for r in done if r["index"] == selection["trial"])
             ax.scatter([chosen["group"]], [chosen[metric]], marker="*", s=200, color="tab:red", label=f"selected (trial {chosen['index']})")
-        ax.set_xticks([g["group"] for g in groups], [str(g["group"]) for g in groups])
+        if len(groups) <= MAX_GROUP_TICKS:
+            ax.set_xticks([g["group"] for g in groups], [str(g["group"]) for g in groups])
         ax.set(xlabel="group", ylabel=f"best {metric}")
         ax.grid(alpha=0.3)
     fig.axes[0].set_title(f"Experiment {summary['name']}: best validation figures per trial")
