@@ -2,7 +2,7 @@
 
 A recipe sits between the built-in defaults and the user's layers (file, environment, flags),
 so any key it sets can still be overridden. `recipe: default` picks the architecture's own
-recipe: the published study's for `reference_cnn`, the 94 % one for `airbench`. Each recipe
+recipe: the published study's for `reference_cnn`, `standard` for `airbench`. Each recipe
 also carries its quality gate: a floor measured from its own results, not the study's.
 
 Figures in the comments were measured on the shared CIFAR-10 rebuild; README has the table.
@@ -40,6 +40,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "airbench": {
         # airbench94's hyperparameters (Jordan 2024) rescaled to batch 256 and run longer, to make up
         # for what the CPU build leaves out (GELU, lookahead, 5,000 fewer training images).
+        # Measured: 90.49 % test accuracy (six-view TTA) in 46 minutes on 2 CPU cores, below the 94 %
+        # the paper reports on the canonical files (the shared rebuild costs 1-3 points, its README says).
         "standard": {
             "data.validation_fraction": 0.1,
             "train.epochs": 18,
@@ -58,8 +60,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "train.patience": 18,
             "train.mixed_precision": True,
             "export.test_time_augmentation": "flip_translate",
-            "gate.min_accuracy": 0.93,
-            "gate.min_weighted_f1": 0.93,
+            # Measured 0.9049 / 0.9051 on the shared data (README); the floor leaves room for the seed.
+            "gate.min_accuracy": 0.89,
+            "gate.min_weighted_f1": 0.89,
         },
     },
 }

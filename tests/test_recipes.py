@@ -36,7 +36,7 @@ def test_gate_defaults_are_per_recipe() -> None:
     study = load_config(env={})
     assert (study.gate.min_accuracy, study.gate.min_weighted_f1) == (0.7562, 0.7539)
     airbench = load_config(env={}, overrides={"model.name": "airbench"})
-    assert airbench.gate.min_accuracy > 0.9 and airbench.gate.min_weighted_f1 > 0.9
+    assert airbench.gate.min_accuracy > 0.85 and airbench.gate.min_weighted_f1 > 0.85
 
 
 def test_a_recipe_is_a_layer_beneath_file_environment_and_flags(tmp_path: Path) -> None:
