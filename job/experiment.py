@@ -18,6 +18,13 @@ others', so of two pods finishing together at least one sees all finished, and O
 one of them through. A retried pod of the index that holds the lock (preempted while finalising)
 takes it over; the lock stays after success, and finalising is idempotent anyway (the stages'
 markers: a second run publishes nothing new).
+
+Metrics: a trial's series and pushed outcome carry `experiment` and `trial` labels (in process, and
+through TRIAL_ENV for a local trial's process). The experiment has a metrics session of its own,
+labelled `experiment`: locally it lasts the whole run, serving the trials' states on `metrics.port`
+(a trial's process then serves on the next port); on Kubernetes the finalising pod opens it and
+counts the states from the shared volume. Its outcome (exit code, selected trial and its
+validation figure, success time) is pushed under the experiment's own grouping key.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from job.atomic import atomic_write
@@ -40,7 +48,8 @@ from job.config import Config
 from job.errors import NON_RETRYABLE_EXIT_CODES, ConfigError, JobError, Preempted
 from job.experiment_spec import ExperimentSpec, Trial
 from job.experiment_summary import NothingToSelect, TrialFailure, experiment_record, select, summarise, trial_row, write_summary
-from job.metrics_session import metrics_session
+from job.metrics import RunMetrics
+from job.metrics_session import TRIAL_ENV, metrics_session
 from job.paths import ExperimentPaths, RunPaths
 from job.records import read_marker
 from job.stage import StageInputs
@@ -76,42 +85,74 @@ def _record_failure(root: Path, index: int, exit_code: int, message: str) -> Non
     atomic_write(ExperimentPaths(root).trial_failed(index), TrialFailure(exit_code, message).to_json())
 
 
+def _experiment_config(spec: ExperimentSpec, root: Path) -> Config:
+    """The experiment session's settings: the trials' metrics settings, the experiment directory as the default run_id."""
+    return spec.trials()[0].settings.model_copy(update={"out": root})
+
+
+def _state(trial_status: str) -> str:
+    """A trial's status as the metrics count it: unfinished trials not running are pending."""
+    return "pending" if trial_status == "unfinished" else trial_status
+
+
+def _record_states(metrics: RunMetrics, states: Mapping[int, str]) -> None:
+    metrics.record_trials(Counter(states.values()))
+
+
 # --- locally: one process per trial ---------------------------------------------------------------
 
 
 def run_all(spec: ExperimentSpec, root: Path, parallel: int, report: Report) -> None:
-    """Run every trial not yet completed, `parallel` at a time, then finalise."""
+    """Run every trial not yet completed, `parallel` at a time, then finalise; the experiment's metrics session spans it all."""
     ports = {t.settings.metrics.port for t in spec.trials()} - {0}
     if parallel > 1 and ports:
         raise ConfigError(f"--parallel {parallel}: the trials would all serve /metrics on port {min(ports)}; set metrics.port=0 or run one at a time")
-    todo = [t for t in spec.trials() if status(t, root) != "completed"]
+    if ports and max(ports) == 65535:
+        raise ConfigError("metrics.port 65535: the experiment serves /metrics on it and its trials on the next port; choose a lower one")
+    with metrics_session(_experiment_config(spec, root), "experiment", {"experiment": spec.name}) as metrics:
+        _run_trials(spec, root, parallel, report, metrics)
+        finalise(spec, root, report, metrics)
+
+
+def _run_trials(spec: ExperimentSpec, root: Path, parallel: int, report: Report, metrics: RunMetrics) -> None:
+    """Every trial not yet completed, `parallel` at a time, their states counted as they change; Preempted if any was stopped."""
+    states = {t.index: _state(status(t, root)) for t in spec.trials()}
+    todo = [t for t in spec.trials() if states[t.index] != "completed"]
     report(f"experiment {spec.name}: {spec.trial_count - len(todo)} of {spec.trial_count} trials complete, {len(todo)} to run")
     running: dict[int, subprocess.Popen[bytes]] = {}
     interrupted = []
+    _record_states(metrics, states)
     try:
         while todo or running:
             while todo and len(running) < parallel:
                 trial = todo.pop(0)
-                running[trial.index] = _start(trial, root)
+                running[trial.index] = _start(trial, root, spec.name)
+                states[trial.index] = "running"
+                _record_states(metrics, states)
             time.sleep(POLL_SECONDS)
             for index, process in list(running.items()):
                 if process.poll() is not None:
                     del running[index]
                     if not _ended(root, index, process.returncode, report):
                         interrupted.append(index)
+                    states[index] = _state(status(spec.trials()[index], root))
+                    _record_states(metrics, states)
     except BaseException:
         _stop(running)
+        _record_states(metrics, {t.index: _state(status(t, root)) for t in spec.trials()})
         raise
     if interrupted:
         raise Preempted(f"experiment {spec.name}: trials {', '.join(map(str, interrupted))} were stopped (exit 75); rerun to resume")
-    finalise(spec, root, report)
 
 
-def _start(trial: Trial, root: Path) -> subprocess.Popen[bytes]:
-    """`cifar-job train --config <trial.yaml>`, its output appended to the trial's train.log."""
+def _start(trial: Trial, root: Path, experiment: str) -> subprocess.Popen[bytes]:
+    """`cifar-job train --config <trial.yaml>`, its output appended to the trial's train.log, its metrics labelled as the trial's."""
     paths = ExperimentPaths(root)
-    _prepare(trial, root)
+    config = _prepare(trial, root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}  # trial.yaml already holds their effect
+    env[TRIAL_ENV] = f"{experiment}/{trial.index}"
+    if config.metrics.port:  # the experiment serves on metrics.port
+        env["CIFAR_JOB_METRICS_PORT"] = str(config.metrics.port + 1)
     with open(paths.trial_log(trial.index), "ab") as output:
         command = [sys.executable, "-m", "job", "train", "--config", str(paths.trial_config(trial.index))]
         die_with_parent = functools.partial(_die_with_parent, os.getpid())
@@ -173,7 +214,7 @@ def run_index(spec: ExperimentSpec, root: Path, index: int, report: Report) -> N
     if status(trial, root) != "completed":
         config = _prepare(trial, root)
         try:
-            with metrics_session(config, "train") as metrics:
+            with metrics_session(config, "train", {"experiment": spec.name, "trial": str(index)}) as metrics:
                 inputs = StageInputs(config, RunPaths(config.out), training_callbacks=lambda: [metrics.keras_callback()])
                 run_stage(BY_NAME["train"], inputs, metrics, lambda result: report(f"trial {index}: {result.summary()}"))
         except JobError as e:
@@ -191,7 +232,9 @@ def _finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Repo
     elif not take_lock(ExperimentPaths(root).finalize_lock, index):
         report(f"trial {index}: done; every trial is finished and another index holds {ExperimentPaths(root).finalize_lock}")
     else:
-        finalise(spec, root, report)
+        with metrics_session(_experiment_config(spec, root), "experiment", {"experiment": spec.name}) as metrics:
+            _record_states(metrics, {t.index: _state(status(t, root)) for t in spec.trials()})
+            finalise(spec, root, report, metrics)
 
 
 def take_lock(lock: Path, index: int) -> bool:
@@ -210,8 +253,8 @@ def take_lock(lock: Path, index: int) -> bool:
 # --- finalising: summary, selection, then the chosen trial through the stages ----------------------
 
 
-def finalise(spec: ExperimentSpec, root: Path, report: Report) -> None:
-    """Summarise every trial, select on validation results, and export, validate, gate and publish the chosen trial."""
+def finalise(spec: ExperimentSpec, root: Path, report: Report, metrics: RunMetrics) -> None:
+    """Summarise every trial, select on validation results, and export, validate, gate and publish the chosen trial (its stages into `metrics`)."""
     paths = ExperimentPaths(root)
     rows = [trial_row(t, paths, status(t, root) == "completed") for t in spec.trials()]
     summary = summarise(spec, rows)
@@ -225,9 +268,9 @@ def finalise(spec: ExperimentSpec, root: Path, report: Report) -> None:
     chosen = spec.trials()[selection["trial"]]
     config, run = chosen.config(root), paths.trial(chosen.index)
     report(f"experiment {spec.name}: selected trial {chosen.index} (group {chosen.group}, {spec.select} {selection['trial_value']:.4f})")
+    metrics.record_selection(chosen.index, spec.select, selection["trial_value"])
     record = experiment_record(summary, selection)
     if read_marker(run.experiment) != record:  # the model must carry the summary it was chosen by: export and what follows are redone
         atomic_write(run.experiment, json.dumps(record, indent=1) + "\n")
         run.export_result.unlink(missing_ok=True)
-    with metrics_session(config, "experiment") as metrics:
-        run_stages(config, run, metrics, report=lambda stage, result: report(f"{stage}: {result.summary()}"))
+    run_stages(config, run, metrics, report=lambda stage, result: report(f"{stage}: {result.summary()}"))

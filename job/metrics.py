@@ -3,7 +3,10 @@
 Two registries, as the Pushgateway guidance for batch jobs asks: `scraped` holds the state of
 the running process (stage, training progress, export and validation results) for Prometheus
 to scrape; `outcome` holds only how the run ended, for the Pushgateway, so the result outlives
-the pod. Neither is the global default registry. `reference_markdown()` turns the declarations
+the pod. Neither is the global default registry. An experiment's trial adds its `experiment` and
+`trial` labels to every scraped series (`labels`: one label set for the whole registry, as
+prometheus_client has no constant labels), so the declarations stay those of a plain run, which
+carries no extra label; its pushed outcome is told apart by the Pushgateway's grouping key instead. `reference_markdown()` turns the declarations
 into the README's metrics reference (`python -m job.docs README.md`), so the two cannot drift.
 
 Dependency rule: this module imports only job's config and errors and prometheus_client. Stage
@@ -45,7 +48,10 @@ GROUPS = {
     "outcome": "Pushgateway, every run",
     "success": "Pushgateway, runs that succeeded",
     "gate": "Pushgateway, runs that reached the quality gate",
+    "experiment": "/metrics of a local experiment, and Pushgateway, experiments",
+    "selection": "Pushgateway, experiments that selected a trial",
 }
+TRIAL_STATES = ("completed", "failed", "running", "pending")
 
 
 class GateVerdict(Protocol):
@@ -101,7 +107,8 @@ class MetricDoc:
 class _Registry:
     """A dedicated CollectorRegistry whose metrics appear group by group, once their group is shown."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Mapping[str, str] | None = None) -> None:
+        self.labels = dict(labels or {})
         self.registry = CollectorRegistry()
         self.registry.register(self)
         self.docs: list[MetricDoc] = []
@@ -115,6 +122,10 @@ class _Registry:
         self.docs.append(MetricDoc(exposed, kind.__name__.lower(), tuple(labels), help, GROUPS[group]))
         return metric
 
+    def share(self, group: str, other: _Registry) -> None:
+        """Expose `other`'s group here too (the same metric objects, documented once)."""
+        self._groups[group] = other._groups[group]
+
     def show(self, group: str) -> None:
         if group not in self._shown:
             self._shown.append(group)
@@ -122,13 +133,20 @@ class _Registry:
     def collect(self) -> Iterator[Metric]:
         for group in tuple(self._shown):
             for metric in self._groups[group]:
-                yield from metric.collect()
+                yield from (_labelled(family, self.labels) for family in metric.collect())
+
+
+def _labelled(family: Metric, labels: Mapping[str, str]) -> Metric:
+    """`family` with `labels` added to every sample; unchanged without labels."""
+    if labels:
+        family.samples = [sample._replace(labels={**labels, **sample.labels}) for sample in family.samples]
+    return family
 
 
 class RunMetrics:
     """All metrics of one `cifar-job` command and the recording of them; job.metrics_session opens one per command."""
 
-    def __init__(self, config: Config, command: str) -> None:
+    def __init__(self, config: Config, command: str, labels: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.command = command
         self._started = time.time()
@@ -136,7 +154,7 @@ class RunMetrics:
         self._epoch_started = self._last_step = time.monotonic()
         self._epoch_images = 0
 
-        s = self.scraped = _Registry()
+        s = self.scraped = _Registry(labels)
         self.stage_active = s.add("stages", Gauge, "stage_active", "1 while the stage runs, 0 once it has ended.", ["stage"])
         self.stage_start = s.add("stages", Gauge, "stage_start_timestamp_seconds", "Unix time the stage started.", ["stage"])
         self.stage_end = s.add("stages", Gauge, "stage_end_timestamp_seconds", "Unix time the stage ended, successfully or not.", ["stage"])
@@ -203,6 +221,15 @@ class RunMetrics:
         self.run_duration = o.add("outcome", Gauge, "run_duration_seconds", "Wall time of the command.")
         self.last_success = o.add("success", Gauge, "last_success_timestamp_seconds", "Unix time the run succeeded.")
         self.gate_passed = o.add("gate", Gauge, "gate_passed", "1 if the model passed the quality gate, 0 if it failed.")
+
+        self.experiment_trials = s.add(
+            "experiment", Gauge, "experiment_trials", "Trials of the experiment by state: completed, failed, running or pending (the sum is the number of trials).", ["state"]
+        )
+        o.share("experiment", s)
+        self.selected_trial = o.add("selection", Gauge, "experiment_selected_trial", "Index of the trial the experiment selected (on validation results).")
+        self.selected_value = o.add(
+            "selection", Gauge, "experiment_selected_validation_value", "The selected trial's validation figure the selection ranked by: val_accuracy or val_loss.", ["metric"]
+        )
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -301,6 +328,21 @@ class RunMetrics:
         self.val_provider.labels(result.providers[0]).set(1)
         self._gate_passed = result.gate.passed
         self.scraped.show("validation")
+
+    # -- experiments ---------------------------------------------------------------------
+
+    def record_trials(self, states: Mapping[str, int]) -> None:
+        """How many trials are in each state (TRIAL_STATES; a missing state is 0): served, and pushed with the outcome."""
+        for state in TRIAL_STATES:
+            self.experiment_trials.labels(state).set(states.get(state, 0))
+        self.scraped.show("experiment")
+        self.outcome.show("experiment")
+
+    def record_selection(self, trial: int, metric: str, value: float) -> None:
+        """The trial the experiment publishes and its validation figure, pushed with the outcome."""
+        self.selected_trial.set(trial)
+        self.selected_value.labels(metric).set(value)
+        self.outcome.show("selection")
 
     # -- the run's end ---------------------------------------------------------------------
 
