@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import signal
@@ -157,8 +158,24 @@ def secured_pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 
 @pytest.fixture(scope="module")
 def job_port() -> int:
-    """The port the job under test serves /metrics on; Prometheus scrapes it."""
-    return free_port()
+    """The port the job under test serves /metrics on, Prometheus scrapes it; the next one is free too,
+    for a local experiment's trial process.
+
+    Both lie below the kernel's ephemeral range: a client that polls a port in that range before
+    anything listens there can be handed that very port as its own source and connect to itself,
+    leaving the server "Address already in use" (TCP self-connect).
+    """
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        port = rng.randrange(10_000, lowest_ephemeral - 1)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
 
 
 @pytest.fixture(scope="module")
