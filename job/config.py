@@ -14,6 +14,7 @@ a short excerpt of any input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -330,16 +331,20 @@ class Config(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
     def training_digest(self) -> str:
-        """sha256 of the settings that determine the trained weights (data, model, train).
+        """sha256 of the settings that determine the trained weights (data, model, train), defaults left out.
 
         Where the data comes from and how it is verified are left out: the data set's content is
-        bound separately, by its fingerprint (CifarData.fingerprint).
+        bound separately, by its fingerprint (CifarData.fingerprint). Settings at their defaults are
+        left out too, so a release that adds a key, at a default that keeps the old behaviour, keeps
+        every checkpoint resumable and every finished run exportable; TRAINING_DEFAULTS_VERSION
+        stands in for the defaults themselves.
         """
-        d = self.to_dict()
-        relevant = {k: d[k] for k in ("data", "model", "train")}
-        where_and_how = ("cache_dir", "source", "checksum", "max_archive_bytes")
-        relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in where_and_how}
-        relevant["train"] = {k: v for k, v in relevant["train"].items() if k != "device"}  # a resumed run may move
+        settings, defaults = self.to_dict(), _training_defaults()
+        relevant: dict[str, Any] = {"defaults_version": TRAINING_DEFAULTS_VERSION}
+        for section in TRAINING_SECTIONS:
+            relevant[section] = {
+                k: v for k, v in settings[section].items() if k not in NOT_TRAINING.get(section, ()) and v != defaults[section][k]
+            }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
     def write(self, path: Path) -> None:
@@ -347,6 +352,17 @@ class Config(_Section):
 
 
 TOP_LEVEL_KEYS = ("out", "recipe")
+TRAINING_SECTIONS = ("data", "model", "train")
+NOT_TRAINING = {"data": ("cache_dir", "source", "checksum", "max_archive_bytes"), "train": ("device",)}  # a resumed run may move
+# Bump when a default of data, model or train changes meaning: the digest leaves defaults out, so an
+# old checkpoint would otherwise resume under the new default. tests/test_config.py holds the
+# defaults this version stands for and fails until it is bumped.
+TRAINING_DEFAULTS_VERSION = 1
+
+
+@functools.cache
+def _training_defaults() -> dict[str, Any]:
+    return Config().to_dict()
 SECTIONS = {name: field.annotation for name, field in Config.model_fields.items() if name not in TOP_LEVEL_KEYS}
 SECTION_NAMES = [Config.model_fields[n].alias or n for n in SECTIONS]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import json
 import resource
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import SECTIONS, Config, load_config, parse_sets
+from job.config import SECTIONS, TRAINING_DEFAULTS_VERSION, TRAINING_SECTIONS, Config, load_config, parse_sets
 from job.errors import ConfigError
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
@@ -382,3 +384,56 @@ def test_a_finished_command_keeps_its_exit_code_and_output() -> None:
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "cifar-job, version 0.1.0\n", "")
     bad = subprocess.run([sys.executable, "-m", "job", "train", "--epochs", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == ""
+
+
+# The defaults TRAINING_DEFAULTS_VERSION 1 stands for. A key added later needs no entry; a default changed or
+# removed needs the version bumped (old checkpoints must not resume under a new meaning) and this updated.
+TRAINING_DEFAULTS_V1 = {
+    "data.validation_fraction": 0.2,
+    "data.split_seed": 1337,
+    "data.train_limit": None,
+    "data.test_limit": None,
+    "data.folds": None,
+    "data.fold": 0,
+    "model.name": "reference_cnn",
+    "train.epochs": 75,
+    "train.batch_size": 32,
+    "train.learning_rate": 0.01,
+    "train.momentum": 0.9,
+    "train.nesterov": False,
+    "train.weight_decay": 0.0,
+    "train.lr_schedule": "inverse_time",
+    "train.lr_decay": 0.00013333333333333334,
+    "train.warmup_fraction": 0.23,
+    "train.lr_start_factor": 0.2,
+    "train.lr_end_factor": 0.07,
+    "train.label_smoothing": 0.0,
+    "train.patience": 5,
+    "train.min_delta": 0.0,
+    "train.augment": True,
+    "train.augmentation": "affine",
+    "train.crop_pixels": 2,
+    "train.rotation_degrees": 15.0,
+    "train.shift_fraction": 0.1,
+    "train.horizontal_flip": True,
+    "train.seed": 42,
+    "train.deterministic": False,
+    "train.mixed_precision": False,
+}
+
+
+def test_a_changed_training_default_bumps_the_digest_version() -> None:
+    d = Config().to_dict()
+    now = {f"{s}.{k}": v for s in TRAINING_SECTIONS for k, v in d[s].items()}
+    changed = sorted(k for k, v in TRAINING_DEFAULTS_V1.items() if k not in now or now[k] != v)
+    assert TRAINING_DEFAULTS_VERSION == 1 and changed == [], f"defaults changed: {changed}; bump TRAINING_DEFAULTS_VERSION"
+
+
+def test_the_digest_holds_only_settings_that_differ_from_the_defaults() -> None:
+    """So a release that adds a key (at a default that keeps the old behaviour) keeps run directories resumable."""
+    empty = {"data": {}, "defaults_version": TRAINING_DEFAULTS_VERSION, "model": {}, "train": {}}
+    assert Config().training_digest() == hashlib.sha256(json.dumps(empty, sort_keys=True).encode()).hexdigest()
+    changed = load_config(env={}, overrides={"train.label_smoothing": 0.1})
+    assert changed.training_digest() != Config().training_digest()
+    moved = load_config(env={}, overrides={"train.device": "cpu", "data.source": "/elsewhere.tar.gz"})
+    assert moved.training_digest() == Config().training_digest()  # where it runs and reads from is not what it trains
