@@ -10,7 +10,8 @@ is recorded in its `failed.json` and the others go on; a rerun tries it again.
 On Kubernetes (`run_index`) each pod of an Indexed Job trains trial $JOB_COMPLETION_INDEX in
 process. Selection, export, validation and publishing must then run once, with no human step,
 however the Job was started: the pod that, after its own trial, finds every trial finished
-(completed, or failed for good: a non-retryable exit code, recorded in failed.json) creates
+(completed, or failed for good: a non-retryable exit code, or any failure but preemption on the
+index's last try, recorded in failed.json) creates
 `finalize.lock` with O_CREAT|O_EXCL and finalises; the others exit 0. A lock on the volume the
 trials already share needs no second Job, controller or watcher, so `kubectl apply`, `helm install`
 and `cifar-job k8s submit` behave alike. Each pod writes its train.json before it looks at the
@@ -217,12 +218,29 @@ def run_index(spec: ExperimentSpec, root: Path, index: int, report: Report) -> N
             with metrics_session(config, "train", {"experiment": spec.name, "trial": str(index)}) as metrics:
                 inputs = StageInputs(config, RunPaths(config.out), training_callbacks=lambda: [metrics.keras_callback()])
                 run_stage(BY_NAME["train"], inputs, metrics, lambda result: report(f"trial {index}: {result.summary()}"))
-        except JobError as e:
-            if e.exit_code in NON_RETRYABLE_EXIT_CODES:  # Kubernetes fails the index for good: the experiment goes on without it
-                _record_failure(root, index, e.exit_code, str(e))
+        except Exception as e:
+            code = e.exit_code if isinstance(e, JobError) else 1
+            # Kubernetes fails the index for good: the experiment goes on without it. Preemption is never final.
+            if code != Preempted.exit_code and (code in NON_RETRYABLE_EXIT_CODES or last_try()):
+                _record_failure(root, index, code, str(e) or type(e).__name__)
                 _finalise_if_last(spec, root, index, report)
             raise
     _finalise_if_last(spec, root, index, report)
+
+
+FAILURES_ENV, RETRIES_ENV = "CIFAR_EXPERIMENT_INDEX_FAILURES", "CIFAR_EXPERIMENT_INDEX_RETRIES"
+
+
+def last_try(env: Mapping[str, str] | None = None) -> bool:
+    """Whether no pod will follow this one for its index, whatever it fails with.
+
+    The chart passes the index's failed pods so far (the Job controller's
+    batch.kubernetes.io/job-index-failure-count annotation) and backoffLimitPerIndex; without
+    them (a local run) only the non-retryable exit codes are final.
+    """
+    env = os.environ if env is None else env
+    failures, retries = env.get(FAILURES_ENV, "") or "0", env.get(RETRIES_ENV, "")
+    return failures.isdigit() and retries.isdigit() and int(failures) >= int(retries)
 
 
 def _finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Report) -> None:

@@ -289,6 +289,13 @@ def test_each_pod_runs_its_trial_in_the_jobs_experiment_directory() -> None:
     env = {e["name"] for e in container["env"]}
     assert not {"CIFAR_JOB_CONFIG", "CIFAR_JOB_OUT"} & env  # every trial has its own out, under --out
     assert {"CIFAR_JOB_DATA_CACHE_DIR", "CIFAR_JOB_PUBLISH_ROOT", "CIFAR_JOB_METRICS_PORT"} <= env
+    # the pod can tell its index's last try: the controller's failure count and the retries it gets
+    from job.experiment import FAILURES_ENV, RETRIES_ENV
+
+    by_name = {e["name"]: e for e in container["env"]}
+    annotation = "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"
+    assert by_name[FAILURES_ENV]["valueFrom"]["fieldRef"]["fieldPath"] == annotation
+    assert by_name[RETRIES_ENV]["value"] == str(job["spec"]["backoffLimitPerIndex"])
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     stored = yaml.safe_load(config_map["data"]["experiment.yaml"])
     assert "config.yaml" not in config_map["data"]
@@ -305,7 +312,7 @@ def test_the_pods_spec_and_environment_load_as_the_experiment_module_reads_them(
     (container,) = job_of(docs)["spec"]["template"]["spec"]["containers"]
     path = tmp_path / "experiment.yaml"
     path.write_text(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["experiment.yaml"])
-    spec = load_spec(path, env={e["name"]: e["value"] for e in container["env"]})
+    spec = load_spec(path, env={e["name"]: e["value"] for e in container["env"] if "value" in e})  # valueFrom: set in the pod
     assert spec.trial_count == SPECS["product"][1]
     for trial in spec.trials():
         assert str(trial.settings.publish.root) == "/data/models" and str(trial.settings.data.cache_dir) == "/data/cache"
