@@ -32,10 +32,17 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "reference_cnn": {
         # The published study: every default in job/config.py is its recipe.
         "study": {},
-        # The study's figures in at most 10 epochs.
+        # The study's figures in at most 10 epochs (measured 0.7646 / 0.7624; its gate is the study's).
         "fast": {**_MODERN_CNN, "train.epochs": 10, "train.crop_pixels": 2, "train.patience": 10},
-        # The same CNN past 80 %.
-        "best": {**_MODERN_CNN, "train.epochs": 40, "train.crop_pixels": 4, "train.patience": 40},
+        # The same CNN past 80 % (measured 0.8257 accuracy, 0.8257 weighted F1: README), gated there.
+        "best": {
+            **_MODERN_CNN,
+            "train.epochs": 40,
+            "train.crop_pixels": 4,
+            "train.patience": 40,
+            "gate.min_accuracy": 0.80,
+            "gate.min_weighted_f1": 0.80,
+        },
     },
     "airbench": {
         # airbench94's hyperparameters (Jordan 2024) rescaled to batch 256 and run longer, to make up
