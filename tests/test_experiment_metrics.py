@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from job.config import load_config
 from job.errors import ConfigError
 from job.metrics_session import TRIAL_ENV, metrics_session, trial_labels
 
 from .conftest import REAL_ARCHIVE, REAL_SHA256
+from .test_experiment_run import small_spec
 from .test_metrics import (  # noqa: F401 - fixtures: the real servers
     cifar_job,
     eventually,
@@ -33,17 +33,7 @@ DATA = ["--checksum", f"sha256:{REAL_SHA256}", "--device", "cpu"]
 
 
 def _spec(tmp_path: Path, pushgateway: str, **metrics: Any) -> Path:
-    base = {
-        "train": {"epochs": 1, "augment": False},
-        "data": {"train_limit": 600, "test_limit": 100},
-        "gate": {"min_accuracy": 0, "min_weighted_f1": 0},
-        "variants": {"enabled": []},
-        "publish": {"root": str(tmp_path / "models")},
-        "metrics": {"pushgateway_url": pushgateway, **metrics},
-    }
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "mx", "base": base, "seeds": 2}, sort_keys=False))
-    return spec
+    return small_spec(tmp_path, name="mx", metrics={"pushgateway_url": pushgateway, **metrics}, seeds=2)
 
 
 def _groups(pushgateway: str) -> dict[tuple[tuple[str, str], ...], dict[str, Any]]:

@@ -31,7 +31,7 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}
 TIMEOUT = 600
 
 
-def _spec(tmp_path: Path, **fields: Any) -> Path:
+def small_spec(tmp_path: Path, name: str = "t", metrics: dict[str, Any] | None = None, **fields: Any) -> Path:
     """A spec on 600 training (480 + 120, or folds) and 100 test images, one epoch, no gate, no variants."""
     base = {
         "train": {"epochs": 1, "augment": False},
@@ -39,9 +39,10 @@ def _spec(tmp_path: Path, **fields: Any) -> Path:
         "gate": {"min_accuracy": 0, "min_weighted_f1": 0},
         "variants": {"enabled": []},
         "publish": {"root": str(tmp_path / "models")},
+        **({"metrics": metrics} if metrics else {}),
     }
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "t", "base": base, **fields}, sort_keys=False))
+    spec.write_text(yaml.safe_dump({"name": name, "base": base, **fields}, sort_keys=False))
     return spec
 
 
@@ -133,7 +134,7 @@ def _check_published_once(tmp_path: Path, out: Path, chosen: int, trials: int) -
 
 
 def test_a_local_experiment_stopped_by_sigterm_and_sigkill_resumes_and_publishes_the_best_trial_once(tmp_path: Path) -> None:
-    spec, out = _spec(tmp_path, grid={"train.learning_rate": [0.01, 0.05]}, seeds=2, select="val_loss"), tmp_path / "exp"
+    spec, out = small_spec(tmp_path, grid={"train.learning_rate": [0.01, 0.05]}, seeds=2, select="val_loss"), tmp_path / "exp"
 
     first = _start(spec, out, "--parallel", "2")  # SIGTERM once a trial is complete: the others stop and save
     _wait_for(lambda: bool(_completed(out, 4)), first)
@@ -167,7 +168,7 @@ def test_a_local_experiment_stopped_by_sigterm_and_sigkill_resumes_and_publishes
 
 
 def test_k_fold_trials_finishing_together_on_two_indices_publish_once(tmp_path: Path) -> None:
-    spec, out = _spec(tmp_path, folds=3), tmp_path / "exp"
+    spec, out = small_spec(tmp_path, folds=3), tmp_path / "exp"
     pods = [_start(spec, out, "--index", str(i)) for i in (0, 1)]  # two pods of an Indexed Job, trial 2 still to come
     for code, stdout, stderr in map(_finish, pods):
         assert code == 0, stderr
@@ -208,7 +209,7 @@ def test_k_fold_trials_finishing_together_on_two_indices_publish_once(tmp_path: 
 
 
 def test_trials_that_fail_are_recorded_and_an_experiment_with_none_left_fails_with_their_code(tmp_path: Path) -> None:
-    spec, out = _spec(tmp_path, seeds=2), tmp_path / "exp"
+    spec, out = small_spec(tmp_path, seeds=2), tmp_path / "exp"
     command = [sys.executable, "-m", "job", "experiment", "run", str(spec), "--out", str(out), "--parallel", "2", "--data", str(tmp_path / "missing.tar.gz")]
     done = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 3, done.stderr
@@ -222,7 +223,7 @@ def test_trials_that_fail_are_recorded_and_an_experiment_with_none_left_fails_wi
 
 
 def test_a_pod_whose_trial_fails_for_good_records_it_and_exits_with_its_code(tmp_path: Path) -> None:
-    spec, out = _spec(tmp_path, seeds=2), tmp_path / "exp"
+    spec, out = small_spec(tmp_path, seeds=2), tmp_path / "exp"
     command = [sys.executable, "-m", "job", "experiment", "run", str(spec), "--out", str(out), "--index", "1", "--data", str(tmp_path / "missing.tar.gz")]
     done = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 3, done.stderr
