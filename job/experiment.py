@@ -222,7 +222,7 @@ def run_index(spec: ExperimentSpec, root: Path, index: int, report: Report) -> N
             code = e.exit_code if isinstance(e, JobError) else 1
             # Kubernetes fails the index for good: the experiment goes on without it. Preemption is never final.
             if code != Preempted.exit_code and (code in NON_RETRYABLE_EXIT_CODES or last_try()):
-                _record_failure(root, index, code, str(e) or type(e).__name__)
+                _record_failure(root, index, code, (str(e).strip().splitlines() or [type(e).__name__])[0][:500])  # one bounded line
                 _finalise_if_last(spec, root, index, report)
             raise
     _finalise_if_last(spec, root, index, report)
@@ -240,7 +240,8 @@ def last_try(env: Mapping[str, str] | None = None) -> bool:
     """
     env = os.environ if env is None else env
     failures, retries = env.get(FAILURES_ENV, "") or "0", env.get(RETRIES_ENV, "")
-    return failures.isdigit() and retries.isdigit() and int(failures) >= int(retries)
+    counts = [text for text in (failures, retries) if text.isascii() and text.isdigit() and len(text) <= 9]  # not '²' nor 10**10000
+    return len(counts) == 2 and int(failures) >= int(retries)
 
 
 def _finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Report) -> None:

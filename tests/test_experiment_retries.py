@@ -25,6 +25,8 @@ pytestmark = pytest.mark.fast
         ({FAILURES_ENV: "3", RETRIES_ENV: "3"}, True),
         ({FAILURES_ENV: "0", RETRIES_ENV: "0"}, True),  # no retries at all
         ({FAILURES_ENV: "x", RETRIES_ENV: "3"}, False),
+        ({FAILURES_ENV: "²", RETRIES_ENV: "1"}, False),  # a digit to str.isdigit, not to int()
+        ({FAILURES_ENV: "9" * 5000, RETRIES_ENV: "3"}, False),
     ],
 )
 def test_the_last_try_is_when_the_failures_reach_the_retries(env: dict[str, str], last: bool) -> None:

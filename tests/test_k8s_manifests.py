@@ -72,12 +72,14 @@ def test_schema_validation_catches_a_misspelt_field() -> None:
     assert "interval" in crd_errors([monitor])[0]
 
 
-def test_kustomize_renders_the_same_objects() -> None:
-    kustomization = yaml.safe_load((K8S / "Kustomization").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml"))
-    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60)
+@pytest.mark.parametrize("directory", ["k8s", "experiment"])
+def test_kustomize_renders_the_same_objects(directory: str) -> None:
+    path, docs = (K8S, k8s_docs) if directory == "k8s" else (EXPERIMENT_DIR, experiment_docs)
+    kustomization = yaml.safe_load((path / "Kustomization").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in path.glob("*.yaml"))
+    rendered = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True, timeout=60)
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-    assert sorted(load_docs(rendered.stdout), key=key) == sorted(k8s_docs(), key=key)
+    assert sorted(load_docs(rendered.stdout), key=key) == sorted(docs(), key=key)
 
 
 def test_kubectl_apply_accepts_the_directory_as_it_is(tmp_path: Path) -> None:
@@ -253,14 +255,6 @@ def test_a_trial_fails_its_index_on_fatal_exit_codes_and_ignores_disruptions(ren
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
-
-
-def test_kustomize_renders_the_same_experiment_objects() -> None:
-    kustomization = yaml.safe_load((EXPERIMENT_DIR / "Kustomization").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in EXPERIMENT_DIR.glob("*.yaml"))
-    rendered = subprocess.run(["kubectl", "kustomize", str(EXPERIMENT_DIR)], capture_output=True, text=True, check=True, timeout=60)
-    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-    assert sorted(load_docs(rendered.stdout), key=key) == sorted(experiment_docs(), key=key)
 
 
 def test_kubectl_apply_accepts_k8s_then_the_experiment(tmp_path: Path) -> None:
