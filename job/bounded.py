@@ -1,19 +1,42 @@
-"""Read a file whole only up to a limit: a file never decides how much memory reading it takes."""
+"""Open and read files that a user names: never blocking on them, never reading more than a limit."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from job.errors import JobError
 
 
-def read_bounded(path: Path, limit: int, error: type[JobError], where: str) -> bytes:
-    """The bytes of `path`, or `error` (naming `where`) when it cannot be read or holds more than `limit` bytes."""
+def open_regular(path: Path, error: type[JobError], where: str, problem: str = "not a regular file") -> BinaryIO:
+    """`path` opened for reading, or `error` (naming `where`) when it cannot be, or is no regular file.
+
+    Opened non-blocking and checked before any read: a FIFO or device in place of a file would
+    otherwise hang the job on open or read, with no deadline to end it.
+    """
     try:
-        with open(path, "rb") as f:
-            raw = f.read(limit + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise error(f"{where}: cannot read ({e.strerror or type(e).__name__})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{where}: {problem}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: Path, limit: int, error: type[JobError], where: str) -> bytes:
+    """The bytes of `path`, or `error` (naming `where`) when it cannot be read or holds more than `limit` bytes."""
+    with open_regular(path, error, where) as f:
+        try:
+            raw = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"{where}: cannot read ({e.strerror or type(e).__name__})") from None
     if len(raw) > limit:
         raise error(f"{where}: larger than {limit} bytes")
     return raw

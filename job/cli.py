@@ -100,16 +100,37 @@ class _JobGroup(click.Group):
             _Process.exit_status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
             raise
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        """The top-level options parsed; a usage error there is one line too (see `_usage_error`)."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            _usage_error(e)
+
     def invoke(self, ctx: click.Context) -> Any:
         _Process.command_running, _Process.raised = True, False
         try:
             with storage_errors():  # a full disk anywhere is exit 12 and one line; the writers leave nothing partial
                 return super().invoke(ctx)
+        except click.UsageError as e:  # a subcommand's arguments, or an unknown subcommand
+            _usage_error(e)
         except EXPECTED_FAILURES as e:
             click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
         finally:
             _Process.command_running = False
+
+
+def _usage_error(e: click.UsageError) -> NoReturn:
+    """Click's usage errors as the job's one line (Click prints usage, a hint and the error on four), exit 2 as Click's.
+
+    A group called without a command is no error: Click shows its help, as before.
+    """
+    if isinstance(e, click.exceptions.NoArgsIsHelpError):
+        raise e
+    command = e.ctx.command_path if e.ctx is not None else "cifar-job"
+    click.echo(f"cifar-job: error: command line of {command}: {_one_line(e.format_message())} (see {command} --help)", err=True)
+    raise SystemExit(e.exit_code)
 
 
 @click.group(cls=_JobGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

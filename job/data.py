@@ -23,6 +23,7 @@ import numpy as np
 
 from job.archive import ArchiveError, read_members
 from job.batch_format import FILE_LIMITS, IMAGES_PER_BATCH, META, README, ROOT, TEST_BATCH, TRAIN_BATCHES, read_batch, read_class_names
+from job.bounded import open_regular
 from job.config import CANONICAL_MD5, CANONICAL_URL, DataConfig
 from job.contract import CLASS_COUNT
 from job.download import cached_download, is_url
@@ -132,10 +133,8 @@ def _read_local(path: Path, expected: str | None, cfg: DataConfig) -> tuple[dict
 def _read_archive(path: Path, where: str, expected: str | None, max_bytes: int) -> tuple[dict[str, bytes], str]:
     """Batch name -> bytes of a verified archive, and its sha256; one open file for both passes."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, DataError, f"data {where}", "not a regular file or directory") as f:
             info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise DataError(f"data {where}: not a regular file or directory")
             if info.st_size > max_bytes:
                 raise DataError(f"data {where}: {info.st_size} bytes, larger than data.max_archive_bytes={max_bytes}")
             sha256 = _verify_checksum(f, where, expected)

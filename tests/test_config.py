@@ -437,3 +437,23 @@ def test_the_digest_holds_only_settings_that_differ_from_the_defaults() -> None:
     assert changed.training_digest() != Config().training_digest()
     moved = load_config(env={}, overrides={"train.device": "cpu", "data.source": "/elsewhere.tar.gz"})
     assert moved.training_digest() == Config().training_digest()  # where it runs and reads from is not what it trains
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--bogus"], "command line of cifar-job train: No such option '--bogus'."),
+        (["trian"], "command line of cifar-job: No such command 'trian'."),
+        (["--bogus", "train"], "command line of cifar-job: No such option '--bogus'."),
+        (["experiment", "run"], "command line of cifar-job experiment run: Missing argument 'SPEC'."),
+        (["train", "--recipe"], "command line of cifar-job: Option '--recipe' requires an argument."),  # Click names no command here
+    ],
+)
+def test_usage_errors_are_one_line_too(args: list[str], expected: str) -> None:
+    """A wrong flag or command reads like any other bad input: one line naming the command, exit 2."""
+    assert _one_error_line(CliRunner().invoke(main, args, prog_name="cifar-job")).startswith(expected)
+
+
+def test_a_group_without_a_command_still_shows_its_help() -> None:
+    result = CliRunner().invoke(main, ["experiment"], prog_name="cifar-job")
+    assert result.exit_code == 2 and "Usage: cifar-job experiment" in result.output and "Commands:" in result.output
