@@ -175,23 +175,21 @@ class _Deadline:
                     pass
 
 
-class _WatchedHTTPConnection(http.client.HTTPConnection):
-    """Hands its TCP socket to the download's deadline as soon as it is connected."""
-
-    deadline: _Deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
-
-
-class _WatchedHTTPSConnection(http.client.HTTPSConnection, _WatchedHTTPConnection):
-    """By the MRO, HTTPSConnection.connect runs the watched plain connect, then TLS on top."""
-
-
 def _watched(connection: type[http.client.HTTPConnection], deadline: _Deadline, host: str, **kwargs: object) -> http.client.HTTPConnection:
+    """A connection whose TCP socket the deadline watches from the moment it connects.
+
+    That is before a proxy's CONNECT tunnel and the TLS handshake (http.client runs both inside
+    `connect`), so a proxy or server that drips its handshake cannot outlast the deadline either.
+    """
     conn = connection(host, **kwargs)
-    conn.deadline = deadline  # type: ignore[attr-defined]
+    create = conn._create_connection
+
+    def create_watched(*args: object, **kw: object) -> socket.socket:
+        sock = create(*args, **kw)
+        deadline.watch(sock)
+        return sock
+
+    conn._create_connection = create_watched  # type: ignore[method-assign]
     return conn
 
 
@@ -201,7 +199,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
         self.deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_watched, _WatchedHTTPConnection, self.deadline), req)
+        return self.do_open(functools.partial(_watched, http.client.HTTPConnection, self.deadline), req)
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
@@ -210,7 +208,7 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         self.deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_watched, _WatchedHTTPSConnection, self.deadline), req)
+        return self.do_open(functools.partial(_watched, http.client.HTTPSConnection, self.deadline), req)
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):

@@ -128,6 +128,35 @@ def test_slow_drip_hits_the_deadline(server: Server, tmp_path: Path, monkeypatch
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_proxy_that_drips_its_answer_hits_the_deadline(scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline holds from the TCP connect on: through a proxy's CONNECT tunnel (https) or its forwarded answer (http)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        with conn:
+            for byte in b"HTTP/1.1 200 Connection established\r\nX-Padding: " + b"x" * 1000:
+                if stop.wait(0.05):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    monkeypatch.setattr(job.download, "DOWNLOAD_DEADLINE_S", 1)
+    monkeypatch.setenv(f"{scheme}_proxy", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    start = time.monotonic()
+    try:
+        assert "download took longer than 1 s" in refused(load_dataset, data_config(f"{scheme}://cifar.example/x.tar.gz", tmp_path))
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - start < 5
+
+
 def test_non_http_server_is_one_line(tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
 
