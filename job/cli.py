@@ -73,6 +73,7 @@ from job.experiment_cli import experiment  # noqa: E402
 from job.k8s_cli import k8s  # noqa: E402
 from job.metrics_session import metrics_session  # noqa: E402
 from job.paths import RunPaths  # noqa: E402
+from job.recipes import recipe_summary  # noqa: E402
 
 log = logging.getLogger("cifar_job")
 
@@ -172,7 +173,7 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--config", "config_file", type=click.Path(path_type=Path), envvar="CIFAR_JOB_CONFIG", help="YAML config file.")
     @click.option("--out", type=click.Path(path_type=Path), help="Run directory.  [default: runs/cifar10]")
     @click.option("--model", metavar="NAME", help="Architecture: reference_cnn or airbench.  [default: reference_cnn]")
-    @click.option("--recipe", metavar="NAME", help="Named recipe of the architecture (study, fast, best; standard).  [default: its own]")
+    @click.option("--recipe", metavar="NAME", help=f"Named recipe of the architecture ({recipe_summary()}).  [default: its own]")
     @click.option("--data", help="CIFAR-10 archive, extracted directory or http(s) URL.")
     @click.option("--checksum", help="Expected archive checksum, md5:<hex> or sha256:<hex>, or 'none'.")
     # Numbers are checked with the config, so a bad one gets the same one-line error as in a file.

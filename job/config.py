@@ -36,7 +36,7 @@ from yaml.resolver import Resolver
 from job.atomic import atomic_write
 from job.bounded import read_bounded
 from job.errors import ConfigError
-from job.recipes import DEFAULT, RECIPES, recipe_defaults, recipe_names
+from job.recipes import DEFAULT, RECIPES, recipe_defaults, recipe_names, recipe_summary
 from job.redact import redact_url
 
 CANONICAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -290,8 +290,7 @@ class Config(_Section):
     out: Path = Field(Path("runs/cifar10"), description="Run directory: checkpoints, history, ONNX model, reports.")
     recipe: str = Field(
         DEFAULT,
-        description="Named recipe of model.name whose settings become the defaults (reference_cnn: study, fast, best; "
-        "airbench: standard); default: the architecture's own.",
+        description=f"Named recipe of model.name whose settings become the defaults ({recipe_summary()}); default: the architecture's own.",
         json_schema_extra={"enum": sorted({name for architecture in RECIPES for name in recipe_names(architecture)})},
     )
     data: DataConfig = DataConfig()

@@ -28,6 +28,31 @@ _MODERN_CNN = {
     "train.mixed_precision": True,
 }
 
+# airbench94's hyperparameters (Jordan 2024) rescaled to batch 256 and run longer, to make up for
+# what the CPU build leaves out (GELU, lookahead); epochs and the validation split are per recipe.
+_AIRBENCH94 = {
+    "train.batch_size": 256,
+    "train.augmentation": "flip_crop",
+    "train.crop_pixels": 2,
+    "train.nesterov": True,
+    "train.momentum": 0.85,
+    "train.lr_schedule": "one_cycle",
+    "train.learning_rate": 0.375,
+    "train.warmup_fraction": 0.23,
+    "train.lr_start_factor": 0.2,
+    "train.lr_end_factor": 0.07,
+    "train.weight_decay": 0.0089,
+    "train.label_smoothing": 0.2,
+    "train.mixed_precision": True,
+    "export.test_time_augmentation": "flip_translate",
+}
+
+
+def _gate(floor: float) -> dict[str, float]:
+    """A recipe's quality gate: a floor for accuracy and weighted F1, just below its measured results."""
+    return {"gate.min_accuracy": floor, "gate.min_weighted_f1": floor}
+
+
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "reference_cnn": {
         # The published study: every default in job/config.py is its recipe.
@@ -35,42 +60,16 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # The study's figures in at most 10 epochs (measured 0.7646 / 0.7624; its gate is the study's).
         "fast": {**_MODERN_CNN, "train.epochs": 10, "train.crop_pixels": 2, "train.patience": 10},
         # The same CNN past 80 % (measured 0.8257 accuracy, 0.8257 weighted F1: README), gated there.
-        "best": {
-            **_MODERN_CNN,
-            "train.epochs": 40,
-            "train.crop_pixels": 4,
-            "train.patience": 40,
-            "gate.min_accuracy": 0.80,
-            "gate.min_weighted_f1": 0.80,
-        },
+        "best": {**_MODERN_CNN, "train.epochs": 40, "train.crop_pixels": 4, "train.patience": 40, **_gate(0.80)},
     },
     "airbench": {
-        # airbench94's hyperparameters (Jordan 2024) rescaled to batch 256 and run longer, to make up
-        # for what the CPU build leaves out (GELU, lookahead, 5,000 fewer training images).
-        # Measured: 90.49 % test accuracy (six-view TTA) in 46 minutes on 2 CPU cores, below the 94 %
-        # the paper reports on the canonical files (the shared rebuild costs 1-3 points, its README says).
-        "standard": {
-            "data.validation_fraction": 0.1,
-            "train.epochs": 18,
-            "train.batch_size": 256,
-            "train.augmentation": "flip_crop",
-            "train.crop_pixels": 2,
-            "train.nesterov": True,
-            "train.momentum": 0.85,
-            "train.lr_schedule": "one_cycle",
-            "train.learning_rate": 0.375,
-            "train.warmup_fraction": 0.23,
-            "train.lr_start_factor": 0.2,
-            "train.lr_end_factor": 0.07,
-            "train.weight_decay": 0.0089,
-            "train.label_smoothing": 0.2,
-            "train.patience": 18,
-            "train.mixed_precision": True,
-            "export.test_time_augmentation": "flip_translate",
-            # Measured 0.9049 / 0.9051 on the shared data (README); the floor leaves room for the seed.
-            "gate.min_accuracy": 0.89,
-            "gate.min_weighted_f1": 0.89,
-        },
+        # The 60-minute goal's recipe. Measured: 90.49 % test accuracy (six-view TTA) in 46 minutes on
+        # 2 CPU cores, below the 94 % the paper reports on the canonical files (README: what the
+        # shared rebuild's JPEG pixels cost, measured).
+        "standard": {**_AIRBENCH94, "data.validation_fraction": 0.1, "train.epochs": 18, "train.patience": 18, **_gate(0.89)},
+        # The 90-minute floor's recipe: 32 epochs on 49,000 images (2 % validation; the one-cycle
+        # schedule makes the last epoch the best, so a small validation split costs no choice).
+        "long": {**_AIRBENCH94, "data.validation_fraction": 0.02, "train.epochs": 32, "train.patience": 32, **_gate(0.90)},
     },
 }
 DEFAULT_RECIPE = {"reference_cnn": "study", "airbench": "standard"}
@@ -78,6 +77,11 @@ DEFAULT_RECIPE = {"reference_cnn": "study", "airbench": "standard"}
 
 def recipe_names(architecture: str) -> list[str]:
     return [DEFAULT, *RECIPES.get(architecture, {})]
+
+
+def recipe_summary() -> str:
+    """Every architecture's recipes, its own first, for help texts: `reference_cnn: study, fast, best; airbench: ...`."""
+    return "; ".join(f"{architecture}: {', '.join(recipes)}" for architecture, recipes in RECIPES.items())
 
 
 def recipe_defaults(architecture: str, recipe: str) -> Mapping[str, Any] | None:
