@@ -544,12 +544,14 @@ def test_a_malformed_pushgateway_url_is_a_config_error_before_any_work(url: str,
         ("push:er", "password", "cannot contain ':'"),
         ("pusher", "missing", "cannot read (No such file or directory)"),
         ("pusher", "empty", "empty"),
-        ("pusher", "/dev/zero", "larger than 4096 bytes"),
+        ("pusher", "huge", "larger than 4096 bytes"),
+        ("pusher", "/dev/zero", "not a regular file"),
     ],
 )
 def test_unusable_credentials_are_config_errors(username: str | None, password_file: str | None, problem: str, tmp_path: Path) -> None:
     (tmp_path / "password").write_text("p4ssw0rd\n")
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "huge").write_text("p4ssw0rd" * 1000)
     env = {USERNAME_ENV: username, PASSWORD_FILE_ENV: password_file and str(tmp_path / password_file)}
     with pytest.raises(ConfigError, match=re.escape(problem)) as raised:
         Pushgateway.from_settings("http://127.0.0.1:9091", {k: v for k, v in env.items() if v})
