@@ -19,7 +19,7 @@ def open_regular(path: Path, error: type[JobError], where: str, problem: str = "
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise error(f"{where}: cannot read ({e.strerror or type(e).__name__})") from None
+        raise _unreadable(e, error, where) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise error(f"{where}: {problem}")
@@ -36,7 +36,11 @@ def read_bounded(path: Path, limit: int, error: type[JobError], where: str) -> b
         try:
             raw = f.read(limit + 1)
         except OSError as e:
-            raise error(f"{where}: cannot read ({e.strerror or type(e).__name__})") from None
+            raise _unreadable(e, error, where) from None
     if len(raw) > limit:
         raise error(f"{where}: larger than {limit} bytes")
     return raw
+
+
+def _unreadable(e: OSError, error: type[JobError], where: str) -> JobError:
+    return error(f"{where}: cannot read ({e.strerror or type(e).__name__})")
