@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from job.atomic import atomic_write
+from job.config import read_yaml
 from job.errors import ConfigError
 
 DEFAULT_CHART = Path(__file__).resolve().parents[1] / "charts" / "cifar-job"
@@ -39,28 +40,17 @@ def load_values(
 
     values: dict[str, Any] = {}
     for file in files:
-        _merge(values, _read_mapping(file, "values file"))
+        _merge(values, read_yaml(file, "values file"))
     for expression in sets:
         try:
             _merge(values, helm.parse_set_string(expression))
         except helm.HelmError as e:
             raise ConfigError(f"--set {expression!r}: {e}") from None
     if experiment is not None:
-        values.setdefault("experiment", {})["spec"] = _read_mapping(experiment, "experiment spec")  # replaces, not merges
+        values.setdefault("experiment", {})["spec"] = read_yaml(experiment, "experiment spec")  # replaces, not merges
     if queue is not None:
         values["queueName"] = queue
     return values
-
-
-def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    """A YAML mapping from a file; the chart's schema checks what it holds."""
-    try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{what} {path}: {getattr(e, 'strerror', None) or 'not valid YAML'}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{what} {path}: expected a mapping, got {type(loaded).__name__}")
-    return loaded
 
 
 def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
@@ -106,9 +96,12 @@ def objects(manifests: Mapping[str, str]) -> list[dict[str, Any]]:
 
 def write_manifests(manifests: Mapping[str, str], directory: Path, header: str) -> list[Path]:
     """One file per template, each starting with `header` (how k8s/ is generated)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in manifests.items():
-        atomic_write(directory / name, header + text)
-        written.append(directory / name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, text in manifests.items():
+            atomic_write(directory / name, header + text)
+            written.append(directory / name)
+    except OSError as e:
+        raise ConfigError(f"output directory {directory}: not writable ({e.strerror or type(e).__name__})") from None
     return written

@@ -35,9 +35,10 @@ from yaml.resolver import Resolver
 
 from job.atomic import atomic_write
 from job.bounded import read_bounded
+from job.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV, PUSHGATEWAY_PASSWORD_FILE_ENV, PUSHGATEWAY_USERNAME_ENV
 from job.errors import ConfigError
 from job.recipes import DEFAULT, RECIPES, recipe_defaults, recipe_names, recipe_summary
-from job.redact import redact_url
+from job.redact import redact_url, redact_values
 
 CANONICAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CANONICAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -81,6 +82,34 @@ def _host(address: str) -> str:
     return address
 
 
+# A URL carrying `user:password@`, a query or a fragment, where tokens hide. RE2 syntax: Helm's
+# schema check (values.schema.json) uses the same expression.
+CREDENTIALS_IN_URL = r"^[A-Za-z][A-Za-z0-9+.-]*://([^/]*@|[^?#]*[?#])"
+
+
+def _no_credentials(username_env: str, password_file_env: str) -> Any:
+    """A URL that a recorded config may hold (see CREDENTIALS_IN_URL), for a field whose basic auth the two variables give.
+
+    Whatever a config holds is recorded (config.yaml, the published model's metadata, a trial's
+    record, a ConfigMap): credentials come from the environment and a mounted Secret file instead.
+    """
+
+    def check(url: str | None) -> str | None:
+        if url is not None and re.match(CREDENTIALS_IN_URL, url):
+            raise PydanticCustomError(
+                "credentials",
+                "credentials, a query or a fragment in a URL are refused (the config is recorded with the run and the published "
+                "model); for basic auth set {username} and {password_file} (a file holding the password, e.g. a mounted Secret)",
+                {"username": username_env, "password_file": password_file_env},
+            )
+        return url
+
+    return AfterValidator(check)
+
+
+_NO_CREDENTIALS_SCHEMA = {"not": {"pattern": CREDENTIALS_IN_URL}}
+
+
 Seed = Annotated[int, Field(ge=0, lt=SEED_BOUND)]
 
 
@@ -108,7 +137,12 @@ def _conflict(key: str, problem: str) -> PydanticCustomError:
 
 
 class DataConfig(_Section):
-    source: str = Field(CANONICAL_URL, description="CIFAR-10 python archive (.tar.gz), extracted directory, or http(s) URL.")
+    source: Annotated[str, _no_credentials(DATA_USERNAME_ENV, DATA_PASSWORD_FILE_ENV)] = Field(
+        CANONICAL_URL,
+        description="CIFAR-10 python archive (.tar.gz), extracted directory, or http(s) URL (credentials: DATA_USERNAME and DATA_PASSWORD_FILE, "
+        "never in the URL).",
+        json_schema_extra=_NO_CREDENTIALS_SCHEMA,
+    )
     checksum: str | None = Field(
         None,
         pattern=r"^(none|md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})$",
@@ -274,8 +308,10 @@ class MetricsConfig(_Section):
     address: Annotated[str, AfterValidator(_host)] = Field(
         "127.0.0.1", description="Address the /metrics endpoint binds to (0.0.0.0 in a pod): an IP address or a host name."
     )
-    pushgateway_url: str | None = Field(
-        None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="Pushgateway base URL (http://host:9091) for the run's outcome; unset: no push."
+    pushgateway_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$"), _no_credentials(PUSHGATEWAY_USERNAME_ENV, PUSHGATEWAY_PASSWORD_FILE_ENV)] | None = Field(
+        None,
+        description="Pushgateway base URL (http://host:9091) for the run's outcome; unset: no push.",
+        json_schema_extra=_NO_CREDENTIALS_SCHEMA,
     )
     job_name: str = Field("cifar-job", pattern=NAME, description="Pushgateway grouping key 'job' (letters, digits, '_.-').")
     run_id: str | None = Field(
@@ -327,7 +363,12 @@ class Config(_Section):
         return self.model_copy(update={"export": self.export.model_copy(update={"parity_images": available})})
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        """The config as it is recorded anywhere (a file, a model, a card, a log, a ConfigMap): every URL redacted.
+
+        Validation already refuses credentials in URLs; this is the one boundary where a config
+        becomes bytes, so a value that slips past a validator is still never written.
+        """
+        return redact_values(self.model_dump(mode="json", by_alias=True))
 
     def training_digest(self) -> str:
         """sha256 of the settings that determine the trained weights (data, model, train), defaults left out.

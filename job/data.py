@@ -25,6 +25,7 @@ from job.archive import ArchiveError, read_members
 from job.batch_format import FILE_LIMITS, IMAGES_PER_BATCH, META, README, ROOT, TEST_BATCH, TRAIN_BATCHES, read_batch, read_class_names
 from job.bounded import open_regular
 from job.config import CANONICAL_MD5, CANONICAL_URL, DataConfig
+from job.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV, basic_auth_from_env
 from job.contract import CLASS_COUNT
 from job.download import cached_download, is_url
 from job.errors import DataError
@@ -83,7 +84,12 @@ def load_dataset(cfg: DataConfig) -> CifarData:
     if is_url(cfg.source):
         shown = redact_url(cfg.source)
         files, sha256 = cached_download(
-            cfg.source, expected, cfg.cache_dir.expanduser(), cfg.max_archive_bytes, lambda path, where: _read_archive(path, where, expected, cfg.max_archive_bytes)
+            cfg.source,
+            expected,
+            cfg.cache_dir.expanduser(),
+            cfg.max_archive_bytes,
+            lambda path, where: _read_archive(path, where, expected, cfg.max_archive_bytes),
+            basic_auth_from_env(DATA_USERNAME_ENV, DATA_PASSWORD_FILE_ENV, os.environ),
         )
     else:
         path = Path(cfg.source).expanduser()

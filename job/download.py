@@ -7,13 +7,13 @@ read of the archive) before it is renamed into place; a cached file that no long
 dropped and fetched again. Only http(s) is spoken, redirects included (at most
 `MAX_REDIRECTS`); every read has a timeout and the whole download a deadline, enforced by
 shutting the socket down, so a server that drips bytes cannot hold the job. URLs appear in
-logs and messages only through `redact_url`; credentials in a URL are sent as HTTP Basic
-auth to the first host only, never across a redirect.
+logs and messages only through `redact_url`. Credentials never come from the URL (the config
+refuses them there) but from job/credentials.py, and go as HTTP Basic auth to the first host
+only, never across a redirect.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
@@ -27,9 +27,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 from job.atomic import atomic_path
+from job.credentials import BasicAuth
 from job.errors import DataError
 from job.redact import redact_url
 
@@ -50,8 +51,10 @@ def is_url(source: str) -> bool:
     return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
 
 
-def cached_download(url: str, checksum: str | None, cache_dir: Path, max_bytes: int, verify: Callable[[Path, str], T]) -> T:
-    """`verify(path, shown_url)` of the cached copy of `url`, downloading it first if needed."""
+def cached_download(
+    url: str, checksum: str | None, cache_dir: Path, max_bytes: int, verify: Callable[[Path, str], T], auth: BasicAuth | None = None
+) -> T:
+    """`verify(path, shown_url)` of the cached copy of `url`, downloading it first if needed (as `auth`, when given)."""
     shown = redact_url(url)
     if not _is_http(url):
         raise DataError(f"data {shown}: only well-formed http:// and https:// URLs with a host are supported")
@@ -72,7 +75,7 @@ def cached_download(url: str, checksum: str | None, cache_dir: Path, max_bytes: 
     log.info("downloading %s to %s", shown, target)
     try:
         with atomic_path(target) as tmp:
-            _fetch(url, shown, tmp, max_bytes)
+            _fetch(url, shown, tmp, max_bytes, auth)
             return verify(tmp, shown)
     finally:
         if not target.exists():  # failed or interrupted: leave no empty entry behind
@@ -93,11 +96,11 @@ def _file_name(url: str) -> str:
     return name if _SAFE_FILE_NAME.fullmatch(name) else DEFAULT_FILE_NAME
 
 
-def _fetch(url: str, shown: str, out_path: Path, max_bytes: int) -> None:
+def _fetch(url: str, shown: str, out_path: Path, max_bytes: int, auth: BasicAuth | None) -> None:
     """Write the body of `url` to `out_path`: complete, at most `max_bytes`, within the deadline."""
     with _Deadline(DOWNLOAD_DEADLINE_S) as deadline:
         try:
-            with _opener(deadline, shown).open(_request(url), timeout=READ_TIMEOUT_S) as response, open(out_path, "wb") as out:
+            with _opener(deadline, shown).open(_request(url, auth), timeout=READ_TIMEOUT_S) as response, open(out_path, "wb") as out:
                 announced = response.headers.get("Content-Length", "")
                 if announced.isdigit() and int(announced) > max_bytes:
                     raise DataError(f"data {shown}: {announced} bytes announced, larger than data.max_archive_bytes={max_bytes}")
@@ -126,15 +129,11 @@ def _line(reason: object) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _request(url: str) -> urllib.request.Request:
-    """A request without userinfo in the URL; credentials go in a header that redirects drop."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return urllib.request.Request(url)
-    host = parts.netloc.rsplit("@", 1)[1]
-    request = urllib.request.Request(urlunsplit(parts._replace(netloc=host)))
-    userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(userinfo.encode()).decode())
+def _request(url: str, auth: BasicAuth | None) -> urllib.request.Request:
+    """A request for `url`; credentials go in a header that redirects drop."""
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_unredirected_header("Authorization", auth.header())
     return request
 
 

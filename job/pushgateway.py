@@ -17,21 +17,18 @@ import re
 import threading
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from job.bounded import read_bounded
+from job.credentials import PUSHGATEWAY_PASSWORD_FILE_ENV, PUSHGATEWAY_USERNAME_ENV, BasicAuth, basic_auth_from_env
 from job.errors import ConfigError
 from job.redact import redact_url
 
-USERNAME_ENV = "PUSHGATEWAY_USERNAME"
-PASSWORD_FILE_ENV = "PUSHGATEWAY_PASSWORD_FILE"
-MAX_PASSWORD_BYTES = 4096  # a password file, not /dev/zero or a log file named by mistake
+USERNAME_ENV, PASSWORD_FILE_ENV = PUSHGATEWAY_USERNAME_ENV, PUSHGATEWAY_PASSWORD_FILE_ENV
 MAX_REASON_CHARS = 200
 
 
@@ -44,22 +41,13 @@ class Pushgateway:
     """Where and as whom to push; build it with `Pushgateway.from_settings`."""
 
     url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    auth: BasicAuth | None = None
 
     @classmethod
     def from_settings(cls, url: str, env: Mapping[str, str]) -> Pushgateway:
         """Check `url` (metrics.pushgateway_url) and read the credentials `env` names; ConfigError if either is unusable."""
         _check_url(url)
-        username, password_file = env.get(USERNAME_ENV) or None, env.get(PASSWORD_FILE_ENV) or None
-        if (username is None) != (password_file is None):
-            missing = USERNAME_ENV if username is None else PASSWORD_FILE_ENV
-            raise ConfigError(f"Pushgateway basic auth: {missing} is not set; set both {USERNAME_ENV} and {PASSWORD_FILE_ENV}, or neither")
-        if username is None or password_file is None:
-            return cls(url)
-        if ":" in username:
-            raise ConfigError(f"{USERNAME_ENV}: a basic-auth username cannot contain ':'")
-        return cls(url, username, _read_password(Path(password_file)))
+        return cls(url, basic_auth_from_env(USERNAME_ENV, PASSWORD_FILE_ENV, env))
 
     @property
     def shown(self) -> str:
@@ -75,8 +63,8 @@ class Pushgateway:
             method="PUT",
             headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4},
         )
-        if self.username is not None and self.password is not None:
-            request.add_unredirected_header("Authorization", "Basic " + _b64(f"{self.username}:{self.password}", urlsafe=False))
+        if self.auth is not None:
+            request.add_unredirected_header("Authorization", self.auth.header())
         failures: list[Exception] = []
         done = threading.Event()
 
@@ -128,20 +116,8 @@ def _check_url(url: str) -> None:
         )
 
 
-def _read_password(path: Path) -> str:
-    raw = read_bounded(path, MAX_PASSWORD_BYTES, ConfigError, f"{PASSWORD_FILE_ENV} {path}")
-    try:
-        password = raw.decode("utf-8").rstrip("\r\n")  # `echo pw > file` and most Secret tooling add a newline
-    except UnicodeDecodeError:
-        raise ConfigError(f"{PASSWORD_FILE_ENV} {path}: not UTF-8 text") from None
-    if not password:
-        raise ConfigError(f"{PASSWORD_FILE_ENV} {path}: empty")
-    return password
-
-
-def _b64(value: str, urlsafe: bool = True) -> str:
-    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
-    return encode(value.encode()).decode()
+def _b64(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
 
 
 def _reason(error: Exception) -> str:

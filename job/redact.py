@@ -2,11 +2,14 @@
 
 Every URL the job prints or records (data source, Pushgateway) goes through `redact_url`
 first: a `user:password@` and every query value (tokens hide under any parameter name)
-become `***`. Parsing never fails: what cannot be parsed is not echoed at all.
+become `***`. Parsing never fails: what cannot be parsed is not echoed at all. `redact_values` applies it to
+every URL inside a structure about to be recorded (a config, a trial's overrides).
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
@@ -27,3 +30,17 @@ def redact_url(url: str) -> str:
     if parts.query and not query:
         query = MASK
     return urlunsplit((parts.scheme, netloc, parts.path, query, MASK if parts.fragment else ""))
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def redact_values(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, scalars) with every string that holds a URL redacted, keys included."""
+    if isinstance(value, dict):
+        return {redact_values(k): redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(v) for v in value]
+    if isinstance(value, str) and _URL.search(value):
+        return redact_url(value) if _URL.match(value) else _URL.split(value, 1)[0] + MASK
+    return value

@@ -395,7 +395,7 @@ def test_submit_flags_set_the_spec_and_the_queue(tmp_path: Path) -> None:
     assert values["experiment"]["spec"] == SPECS["grid"][0] and values["queueName"] == "team-b"  # the file replaces the whole spec
     assert job_of(rendered(values))["spec"]["completions"] == 3
     spec.write_text("- not a mapping\n")
-    with pytest.raises(ConfigError, match=f"experiment spec {spec}: expected a mapping, got list"):
+    with pytest.raises(ConfigError, match=f"experiment spec {spec}: expected a mapping.*, got list"):
         chart.load_values([], [], experiment=spec)
 
 

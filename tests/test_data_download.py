@@ -16,6 +16,7 @@ import pytest
 
 import job.download
 from job.config import load_config
+from job.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV
 from job.data import load_dataset
 from job.errors import DataError
 
@@ -178,13 +179,27 @@ def test_malformed_or_non_http_url_is_one_line(url: str, tmp_path: Path) -> None
     cli_error(url, "--set", f"data.cache_dir={tmp_path}")
 
 
-def test_credentials_are_sent_once_and_never_printed(server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_credentials_from_the_environment_are_sent_once_and_never_printed(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.DEBUG)
-    good = load_dataset(data_config(f"http://user:{SECRET}@127.0.0.1:{server.httpd.server_port}/auth/cifar.tar.gz?token={SECRET}", tmp_path / "c"))
-    assert SECRET not in good.source and "***" in good.source
-    message = refused(load_dataset, data_config(f"http://user:{SECRET}@127.0.0.1:{server.httpd.server_port}/missing?token={SECRET}", tmp_path / "d"))
+    (tmp_path / "password").write_text(f"{SECRET}\n")
+    monkeypatch.setenv(DATA_USERNAME_ENV, "user")
+    monkeypatch.setenv(DATA_PASSWORD_FILE_ENV, str(tmp_path / "password"))
+    good = load_dataset(data_config(f"{server.base}/auth/cifar.tar.gz", tmp_path / "c"))
+    assert len(good.test_labels) == 10_000
+    message = refused(load_dataset, data_config(f"{server.base}/missing", tmp_path / "d"))
     assert SECRET not in message and SECRET not in caplog.text
     assert server.auth[0] == "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "password" and SECRET.encode() in p.read_bytes()]
+
+
+def test_credentials_never_follow_a_redirect(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "password").write_text(SECRET)
+    monkeypatch.setenv(DATA_USERNAME_ENV, "user")
+    monkeypatch.setenv(DATA_PASSWORD_FILE_ENV, str(tmp_path / "password"))
+    refused(load_dataset, data_config(f"{server.base}/loop", tmp_path / "c"))
+    assert server.auth[0] is not None and set(server.auth[1:]) == {None}
 
 
 def test_checksum_is_part_of_the_cache_key(server: Server, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/r
 
 # job/: each module in exactly one layer. A new module must be placed here (the first test says so).
 FOUNDATION = {
-    "job.config", "job.errors", "job.paths", "job.atomic", "job.bounded", "job.records", "job.redact", "job.stage",
+    "job.config", "job.errors", "job.paths", "job.atomic", "job.bounded", "job.records", "job.redact", "job.credentials", "job.stage",
     "job.contract", "job.model", "job.layers", "job.recipes",
     "job.data", "job.archive", "job.gzip_stream", "job.batch_format", "job.safe_pickle", "job.extracted", "job.download",
     "job.experiment_spec",

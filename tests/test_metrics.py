@@ -43,6 +43,7 @@ from job.errors import ConfigError, DataError, GateFailed, Preempted
 from job.metrics import RunMetrics, reference
 from job.metrics_server import CLIENT_TIMEOUT_SECONDS
 from job.metrics_session import metrics_session
+from job.credentials import BasicAuth
 from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV, PushFailed, Pushgateway
 
 from .conftest import CLASS_NAMES
@@ -531,7 +532,7 @@ def test_credentials_in_the_url_are_refused_before_any_work(url: str, tmp_path: 
     "url", ["http://[::1:9091", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://:9091", "http://exämple.org:9091", "http://h#x"]
 )
 def test_a_malformed_pushgateway_url_is_a_config_error_before_any_work(url: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^metrics.pushgateway_url "):
+    with pytest.raises(ConfigError, match=r"^(config key )?metrics.pushgateway_url "):
         with metrics_session(_config(tmp_path, pushgateway_url=url), "train"):
             pytest.fail("the body ran")
 
@@ -614,10 +615,10 @@ def _flood(connection: socket.socket) -> None:
         connection.sendall(b"\0" * 65536)
 
 
-def _push(url: str, timeout: float = 1.0, **auth: str) -> float:
+def _push(url: str, timeout: float = 1.0, auth: BasicAuth | None = None) -> float:
     """Push an empty outcome to `url`; returns the seconds it took."""
     started = time.monotonic()
-    Pushgateway(url, **auth).push("cifar-job", {"run_id": "hostile"}, CollectorRegistry(), timeout)
+    Pushgateway(url, auth).push("cifar-job", {"run_id": "hostile"}, CollectorRegistry(), timeout)
     return time.monotonic() - started
 
 
@@ -636,7 +637,7 @@ def test_a_redirect_is_not_followed_and_a_garbled_answer_is_one_printable_line()
         location = f"Location: {elsewhere}/steal\r\n".encode()
         with hostile_server(lambda c: c.sendall(b"HTTP/1.1 307 Temporary Redirect\r\n" + location + b"\r\n")) as (url, _):
             with pytest.raises(PushFailed, match=r"^HTTP 307 Temporary Redirect$"):
-                _push(url, username="pusher", password="p4ssw0rd")
+                _push(url, auth=BasicAuth("pusher", "p4ssw0rd"))
         assert stolen == []
     with hostile_server(lambda c: c.sendall(b"HTTP/1.1 200 \x1b[2J OK\r\n" + b"Bad Header\r\n" * 200 + b"\r\n")) as (url, _):
         with pytest.raises(PushFailed) as raised:

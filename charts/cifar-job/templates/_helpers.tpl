@@ -108,3 +108,15 @@ NetworkPolicyPeers as a block sequence indented the way yamllint and kubectl pri
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Fail on any URL in a ConfigMap's text that carries credentials, a query or a fragment (where
+tokens hide): the ConfigMap is readable by anyone who can read the namespace's config, and is
+recorded with the run. The job refuses the same URLs (job/config.py CREDENTIALS_IN_URL); basic
+auth comes from dataAuth and metrics.pushgateway, Secrets mounted as files.
+*/}}
+{{- define "cifar-job.noCredentials" -}}
+{{- if regexMatch "[A-Za-z][A-Za-z0-9+.-]*://([^/\\s]*@|[^?#\\s]*[?#])" .text }}
+{{- fail (printf "%s: a URL with credentials, a query or a fragment is refused (it would be stored in the ConfigMap); use dataAuth or metrics.pushgateway with a Secret" .where) }}
+{{- end }}
+{{- end }}
