@@ -30,6 +30,27 @@ def open_regular(path: Path, error: type[JobError], where: str, problem: str = "
     return os.fdopen(fd, "rb")
 
 
+def open_append(path: Path, error: type[JobError], where: str) -> BinaryIO:
+    """`path` opened for appending (created if missing), or `error` when it cannot be, or is no regular file.
+
+    Opened non-blocking and without following a link: a FIFO in place of a log would block the
+    open until some reader appears, and a link would send the output elsewhere.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise error(f"{where}: cannot open for writing ({e.strerror or type(e).__name__})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{where}: not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
+
+
 def read_bounded(path: Path, limit: int, error: type[JobError], where: str) -> bytes:
     """The bytes of `path`, or `error` (naming `where`) when it cannot be read or holds more than `limit` bytes."""
     with open_regular(path, error, where) as f:

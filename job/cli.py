@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from job.errors import EXPECTED_FAILURES, Preempted
+from job.errors import EXPECTED_FAILURES, Preempted, one_line
 
 PREEMPTED = "SIGTERM received; finished stages and epochs are saved, rerun to resume"
 
@@ -78,12 +78,6 @@ from job.recipes import recipe_summary  # noqa: E402
 log = logging.getLogger("cifar_job")
 
 
-def _one_line(message: str) -> str:
-    """Whatever a message quotes (a path, a value), it prints as one line: control characters escaped, length capped."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message[:2000])
-    return text if len(message) <= 2000 else text + "..."
-
-
 class _JobGroup(click.Group):
     """Turns an expected failure raised anywhere below into a one-line message and its exit code."""
 
@@ -94,7 +88,7 @@ class _JobGroup(click.Group):
         try:
             return super().main(args, **kwargs)
         except Preempted as e:  # raised after the command's error handling ended: still this one line and code
-            click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
+            click.echo(f"cifar-job: error: {one_line(str(e))}", err=True)
             _Process.exit_status = e.exit_code
             raise SystemExit(e.exit_code) from None
         except SystemExit as e:
@@ -116,7 +110,7 @@ class _JobGroup(click.Group):
         except click.UsageError as e:  # a subcommand's arguments, or an unknown subcommand
             _usage_error(e)
         except EXPECTED_FAILURES as e:
-            click.echo(f"cifar-job: error: {_one_line(str(e))}", err=True)
+            click.echo(f"cifar-job: error: {one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
         finally:
             _Process.command_running = False
@@ -130,7 +124,7 @@ def _usage_error(e: click.UsageError) -> NoReturn:
     if isinstance(e, click.exceptions.NoArgsIsHelpError):
         raise e
     command = e.ctx.command_path if e.ctx is not None else "cifar-job"
-    click.echo(f"cifar-job: error: command line of {command}: {_one_line(e.format_message())} (see {command} --help)", err=True)
+    click.echo(f"cifar-job: error: command line of {command}: {one_line(e.format_message())} (see {command} --help)", err=True)
     raise SystemExit(e.exit_code)
 
 

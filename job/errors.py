@@ -7,6 +7,12 @@ Job's `podFailurePolicy` reads the same codes to decide whether a retry can help
 from __future__ import annotations
 
 
+def one_line(message: str, limit: int = 2000) -> str:
+    """`message` as one printable line of at most `limit` characters: control characters escaped, the rest cut."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class JobError(Exception):
     """Base class: an expected failure with a one-line message and an exit code."""
 
@@ -139,3 +145,7 @@ NON_RETRYABLE_EXIT_CODES = tuple(
         ConfigError, DataError, ExportError, ModelFileError, GateFailed, DeviceUnavailable, StorageFull, TrainingDiverged
     ))
 )
+
+# What a failed trial's record may hold: an error's code (1-15, never 0 or 75) or 128+N for a trial
+# process killed by signal N. Anything else in failed.json was not written by this code.
+FAILED_TRIAL_EXIT_CODES = frozenset(range(1, 16)) | frozenset(range(129, 129 + 64))

@@ -11,14 +11,17 @@ On Kubernetes (`run_index`) each pod of an Indexed Job trains trial $JOB_COMPLET
 process. Selection, export, validation and publishing must then run once, with no human step,
 however the Job was started: the pod that, after its own trial, finds every trial finished
 (completed, or failed for good: a non-retryable exit code, or any failure but preemption on the
-index's last try, recorded in failed.json) creates
-`finalize.lock` with O_CREAT|O_EXCL and finalises; the others exit 0. A lock on the volume the
-trials already share needs no second Job, controller or watcher, so `kubectl apply`, `helm install`
-and `cifar-job k8s submit` behave alike. Each pod writes its train.json before it looks at the
-others', so of two pods finishing together at least one sees all finished, and O_EXCL lets exactly
-one of them through. A retried pod of the index that holds the lock (preempted while finalising)
-takes it over; the lock stays after success, and finalising is idempotent anyway (the stages'
-markers: a second run publishes nothing new).
+index's last try, recorded in failed.json) takes `finalize.lock` and finalises; the others exit 0.
+A lock on the volume the trials already share needs no second Job, controller or watcher, so
+`kubectl apply`, `helm install` and `cifar-job k8s submit` behave alike. Each pod writes its
+train.json before it looks at the others', so of two pods finishing together at least one sees all
+finished, and O_EXCL lets exactly one of them through. The lock is a lease: its holder renews it
+(the file's mtime) while it works and removes it when done; a lock that is unreadable, or not
+renewed for LEASE_SECONDS (its holder died), or left by an earlier pod of the same index, is taken
+over. Every pod that finds every trial finished finalises again once the lock is free: the summary
+is made anew from the trials' records, so a trial retried after an earlier finalisation is counted,
+and the stages' markers and the repository's lock make the rest idempotent (a second run publishes
+nothing new); the rare double takeover of an expired lease costs time, not correctness.
 
 Metrics: a trial's series and pushed outcome carry `experiment` and `trial` labels (in process, and
 through TRIAL_ENV for a local trial's process). The experiment has a metrics session of its own,
@@ -30,29 +33,34 @@ validation figure, success time) is pushed under the experiment's own grouping k
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
 import logging
+import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from job.atomic import atomic_write
-from job.bounded import read_bounded
+from job.bounded import open_append, open_regular, read_bounded
 from job.config import Config
-from job.errors import NON_RETRYABLE_EXIT_CODES, ConfigError, JobError, Preempted
+from job.errors import NON_RETRYABLE_EXIT_CODES, ConfigError, JobError, ModelFileError, Preempted, one_line
 from job.experiment_spec import ExperimentSpec, Trial
-from job.experiment_summary import NothingToSelect, TrialFailure, experiment_record, select, summarise, trial_row, write_summary
+from job.experiment_summary import MAX_MESSAGE, NothingToSelect, TrialFailure, experiment_record, select, summarise, trial_row, write_summary
 from job.metrics import RunMetrics
 from job.metrics_session import TRIAL_ENV, metrics_session
 from job.paths import ExperimentPaths, RunPaths
-from job.records import read_marker
+from job.records import read_marker, strict_json
 from job.stage import StageInputs
 from job.stages import BY_NAME, run_stage, run_stages
 
@@ -83,7 +91,7 @@ def _prepare(trial: Trial, root: Path) -> Config:
 
 
 def _record_failure(root: Path, index: int, exit_code: int, message: str) -> None:
-    atomic_write(ExperimentPaths(root).trial_failed(index), TrialFailure(exit_code, message).to_json())
+    atomic_write(ExperimentPaths(root).trial_failed(index), TrialFailure(exit_code, one_line(message, MAX_MESSAGE)).to_json())
 
 
 def _experiment_config(spec: ExperimentSpec, root: Path) -> Config:
@@ -154,7 +162,7 @@ def _start(trial: Trial, root: Path, experiment: str) -> subprocess.Popen[bytes]
     env[TRIAL_ENV] = f"{experiment}/{trial.index}"
     if config.metrics.port:  # the experiment serves on metrics.port
         env["CIFAR_JOB_METRICS_PORT"] = str(config.metrics.port + 1)
-    with open(paths.trial_log(trial.index), "ab") as output:
+    with open_append(paths.trial_log(trial.index), ModelFileError, f"trial log {paths.trial_log(trial.index)}") as output:
         command = [sys.executable, "-m", "job", "train", "--config", str(paths.trial_config(trial.index))]
         die_with_parent = functools.partial(_die_with_parent, os.getpid())
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads in this process before the trials start
@@ -184,9 +192,9 @@ def _ended(root: Path, index: int, code: int, report: Report) -> bool:
 
 def _last_error(log_file: Path) -> str:
     """The trial's one-line error, from the end of its log."""
-    with open(log_file, "rb") as f:
+    with open_regular(log_file, ModelFileError, f"trial log {log_file}") as f:
         f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
-        tail = f.read().decode(errors="replace")
+        tail = f.read(LOG_TAIL_BYTES).decode(errors="replace")
     errors = [line for line in tail.splitlines() if line.startswith("cifar-job: error:")]
     return errors[-1] if errors else f"no error line; see {log_file}"
 
@@ -222,10 +230,10 @@ def run_index(spec: ExperimentSpec, root: Path, index: int, report: Report) -> N
             code = e.exit_code if isinstance(e, JobError) else 1
             # Kubernetes fails the index for good: the experiment goes on without it. Preemption is never final.
             if code != Preempted.exit_code and (code in NON_RETRYABLE_EXIT_CODES or last_try()):
-                _record_failure(root, index, code, (str(e).strip().splitlines() or [type(e).__name__])[0][:500])  # one bounded line
-                _finalise_if_last(spec, root, index, report)
+                _record_failure(root, index, code, (str(e).strip().splitlines() or [type(e).__name__])[0])
+                finalise_if_last(spec, root, index, report)
             raise
-    _finalise_if_last(spec, root, index, report)
+    finalise_if_last(spec, root, index, report)
 
 
 FAILURES_ENV, RETRIES_ENV = "CIFAR_EXPERIMENT_INDEX_FAILURES", "CIFAR_EXPERIMENT_INDEX_RETRIES"
@@ -244,29 +252,112 @@ def last_try(env: Mapping[str, str] | None = None) -> bool:
     return len(counts) == 2 and int(failures) >= int(retries)
 
 
-def _finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Report) -> None:
+def finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Report) -> None:
+    paths = ExperimentPaths(root)
     unfinished = [t.index for t in spec.trials() if status(t, root) == "unfinished"]
     if unfinished:
         report(f"trial {index}: done; {len(unfinished)} of {spec.trial_count} trials unfinished, the last to finish finalises")
-    elif not take_lock(ExperimentPaths(root).finalize_lock, index):
-        report(f"trial {index}: done; every trial is finished and another index holds {ExperimentPaths(root).finalize_lock}")
-    else:
+        return
+    with finalise_lock(paths.finalize_lock, index) as holder:
+        if holder is not None:
+            report(f"trial {index}: done; every trial is finished and {holder} is finalising ({paths.finalize_lock})")
+            return
         with metrics_session(_experiment_config(spec, root), "experiment", {"experiment": spec.name}) as metrics:
             _record_states(metrics, {t.index: _state(status(t, root)) for t in spec.trials()})
             finalise(spec, root, report, metrics)
 
 
-def take_lock(lock: Path, index: int) -> bool:
-    """Create `lock` holding `index`, atomically; True if this index holds it now (created, or held already)."""
+LEASE_SECONDS = 120.0  # a finaliser that has not renewed its lock for this long is taken to have died
+RENEW_SECONDS = 15.0
+SETTLE_SECONDS = 1.0  # after taking a lock over: long enough for a rival's rename to land before the check
+MAX_LOCK_BYTES = 256
+
+
+@contextlib.contextmanager
+def finalise_lock(lock: Path, index: int) -> Iterator[str | None]:
+    """Hold `lock` for index `index` while the body runs, renewing it; yields None when held, else who holds it."""
+    token = secrets.token_hex(16)
+    holder = _acquire(lock, index, token)
+    if holder is not None:
+        yield holder
+        return
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lock, token, stop), name="finalize-lock", daemon=True)
+    renewer.start()
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        yield None
+    finally:
+        stop.set()
+        renewer.join()
+        if _read_lock(lock).get("token") == token:
+            lock.unlink(missing_ok=True)
+
+
+def _acquire(lock: Path, index: int, token: str) -> str | None:
+    """Take `lock` (create it, or take a dead, broken or own-index one over); None when taken, else the live holder."""
+    record = json.dumps({"index": index, "token": token}).encode()
+    if _create(lock, record):
+        return None
+    current, age = _read_lock(lock), _age(lock)
+    if current and current["index"] != index and age < LEASE_SECONDS:
+        return f"index {current['index']}"
+    if not current:
+        why = "unreadable"
+    elif current["index"] == index:
+        why = "left by an earlier pod of this index"
+    else:
+        why = f"index {current['index']} stopped renewing it"
+    log.warning("taking %s over (%s; last renewed %.0f s ago)", lock, why, age)
+    try:
+        atomic_write(lock, record)
+    except IsADirectoryError:
+        raise ModelFileError(f"finalize lock {lock}: a directory, not a lock file") from None
+    time.sleep(SETTLE_SECONDS)
+    current = _read_lock(lock)
+    return None if current.get("token") == token else f"index {current.get('index', '?')}"
+
+
+def _create(lock: Path, record: bytes) -> bool:
+    """Create `lock` holding `record`, all at once (a hard link of a complete file, which fails if it exists); False if it exists."""
+    complete = lock.with_name(f".{lock.name}.{secrets.token_hex(8)}")
+    try:
+        atomic_write(complete, record)
+        os.link(complete, lock)
     except FileExistsError:
-        return read_bounded(lock, 64, ConfigError, "finalize lock").decode(errors="replace").strip() == str(index)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{index}\n")
-        f.flush()
-        os.fsync(f.fileno())
+        return False
+    except OSError as e:
+        raise ModelFileError(f"finalize lock {lock}: cannot create ({e.strerror})") from None
+    finally:
+        complete.unlink(missing_ok=True)
     return True
+
+
+def _read_lock(lock: Path) -> dict[str, Any]:
+    """The lock's record; {} when missing or not one this code writes (a FIFO, garbage, another version's)."""
+    try:
+        record = strict_json(read_bounded(lock, MAX_LOCK_BYTES, ModelFileError, f"finalize lock {lock}"))
+    except (ModelFileError, ValueError, RecursionError):
+        return {}
+    valid = isinstance(record, dict) and set(record) == {"index", "token"} and type(record["index"]) is int and isinstance(record["token"], str)
+    return record if valid else {}
+
+
+def _age(lock: Path) -> float:
+    """Seconds since the lock was last renewed (its mtime)."""
+    try:
+        return max(0.0, time.time() - lock.lstat().st_mtime)
+    except OSError:
+        return math.inf
+
+
+def _renew(lock: Path, token: str, stop: threading.Event) -> None:
+    """Touch the lock every RENEW_SECONDS while it is ours, so no one takes it over from a live finaliser."""
+    while not stop.wait(RENEW_SECONDS):
+        if _read_lock(lock).get("token") != token:
+            log.warning("%s was taken over by another pod; this one finishes its finalisation anyway (it is idempotent)", lock)
+            return
+        with contextlib.suppress(OSError):
+            os.utime(lock, follow_symlinks=False)
 
 
 # --- finalising: summary, selection, then the chosen trial through the stages ----------------------

@@ -18,6 +18,7 @@ select: val_accuracy                  # or val_loss
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Mapping
@@ -96,18 +97,18 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None, flags: Mapping[s
         spec = _SpecFile.model_validate(read_yaml(path, "experiment spec"))
     except ValidationError as e:
         raise ConfigError(_describe(e, where)) from None
-    grid_keys = list(spec.grid)
-    _refuse_owned(spec, grid_keys, where)
     count = math.prod(len(values) for values in spec.grid.values()) * (spec.seeds or 1) * (spec.folds or 1)
     if count > MAX_TRIALS:
         raise ConfigError(f"{where}: {count} trials (grid x seeds x folds); at most {MAX_TRIALS}")
+    points = [_dotted(dict(zip(spec.grid, point, strict=True)), where) for point in itertools.product(*spec.grid.values())]
+    _refuse_owned(spec, {key for point in points for key in point}, where)
 
     base = (spec.base, f"{where} base")
     first_seed = load_config(env=env, overrides=flags, base=base).train.seed
     trials = []
-    for group, point in enumerate(itertools.product(*spec.grid.values())):
+    for group, point in enumerate(points):
         for seed, fold in itertools.product(range(spec.seeds or 1), range(spec.folds or 1)):
-            overrides = dict(zip(grid_keys, point, strict=True))
+            overrides = copy.deepcopy(point)  # no two trials share a value: load_config may nest into it
             overrides |= {"train.seed": first_seed + seed} if spec.seeds else {}
             overrides |= {"data.folds": spec.folds, "data.fold": fold} if spec.folds else {}
             settings = load_config(env=env, overrides=flags, base=base, trial=(overrides, f"{where} trial {len(trials)}"))
@@ -115,12 +116,24 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None, flags: Mapping[s
     return ExperimentSpec(path, spec.name, spec.select, spec.seeds, spec.folds, tuple(trials))
 
 
-def _refuse_owned(spec: _SpecFile, grid_keys: list[str], where: str) -> None:
+def _dotted(point: dict[str, Any], where: str) -> dict[str, Any]:
+    """A grid point with every key dotted: `data: {folds: 2}` is `data.folds: 2`, so one set of rules covers both spellings."""
+    dotted: dict[str, Any] = {}
+    for key, value in point.items():
+        leaves = {f"{key}.{leaf}": v for leaf, v in value.items()} if "." not in key and isinstance(value, dict) else {key: value}
+        for leaf in leaves:
+            if leaf in dotted:
+                raise ConfigError(f"{where} key grid.{label(leaf)}: set twice (once dotted, once inside its section)")
+        dotted |= leaves
+    return dotted
+
+
+def _refuse_owned(spec: _SpecFile, grid_keys: set[str], where: str) -> None:
     """Keys the experiment sets itself may not be set in its base or grid."""
     data = spec.base.get("data") if isinstance(spec.base.get("data"), dict) else {}
     for key in (key for key in OWNED if key in spec.base or (key.startswith("data.") and key.removeprefix("data.") in data)):
         raise ConfigError(f"{where} key base.{key}: not allowed here ({OWNED[key]})")
-    for key in grid_keys:
+    for key in sorted(grid_keys):
         if key in OWNED or (key == "train.seed" and spec.seeds):
             raise ConfigError(f"{where} key grid.{label(key)}: not allowed here ({OWNED.get(key, 'seeds: sets it')})")
 

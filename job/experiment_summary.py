@@ -23,13 +23,16 @@ from typing import Any
 
 from job.atomic import atomic_path, atomic_write
 from job.bounded import read_bounded
-from job.errors import JobError, ModelFileError
+from job.errors import FAILED_TRIAL_EXIT_CODES, JobError, ModelFileError
 from job.experiment_spec import ExperimentSpec, Trial
 from job.paths import ExperimentPaths, RunPaths
-from job.records import MAX_RECORD_BYTES, Record, read_marker
+from job.records import MAX_NUMBER, MAX_RECORD_BYTES, Record, read_marker, strict_json
 
 METRICS = ("val_accuracy", "val_loss")
 MAX_PLOT_INCHES, MAX_GROUP_TICKS = 30, 40  # a plot of up to 1,000 groups stays an image a viewer opens
+MAX_MESSAGE = 500  # a failed trial's error line
+MAX_EPOCHS = 10_000  # train.epochs' bound
+MAX_SECONDS = 10**9  # a training's seconds, read from train.json (about 30 years)
 
 
 class NothingToSelect(JobError):
@@ -44,10 +47,21 @@ class NothingToSelect(JobError):
 
 @dataclass(frozen=True)
 class TrialFailure(Record):
-    """`<trial>/failed.json`: the trial failed in a way no retry fixes; the experiment goes on without it."""
+    """`<trial>/failed.json`: the trial failed in a way no retry fixes; the experiment goes on without it.
+
+    Its exit code becomes the experiment's when every trial failed, so only a failure's code is
+    accepted (never 0, nor 75, which Kubernetes would retry forever); the message goes into logs
+    and summary.md, so it is one printable line.
+    """
 
     exit_code: int
     message: str
+
+    def __post_init__(self) -> None:
+        if self.exit_code not in FAILED_TRIAL_EXIT_CODES:
+            raise ValueError(f"exit_code {self.exit_code} is not a failure's (1-15, or 128+signal)")
+        if len(self.message) > MAX_MESSAGE or not self.message.isprintable():
+            raise ValueError(f"message is not one printable line of at most {MAX_MESSAGE} characters")
 
 
 @dataclass(frozen=True)
@@ -79,25 +93,37 @@ def trial_row(trial: Trial, paths: ExperimentPaths, completed: bool) -> TrialRow
         raise ModelFileError(f"history {run.history_json}: no row for best epoch {best_epoch}")
     seconds = read_marker(run.train_result).get("train_seconds")
     return TrialRow(
-        **common, status="completed", best_epoch=int(best_epoch), val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
-        epochs=len(history), seconds=seconds if isinstance(seconds, int | float) else None,
+        **common, status="completed", best_epoch=best_epoch, val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
+        epochs=len(history), seconds=seconds if _number_in(seconds, 0, MAX_SECONDS) else None,
     )  # fmt: skip
 
 
 def _history(run: RunPaths) -> list[dict[str, float]]:
     where = f"history {run.history_json}"
     try:
-        history = json.loads(read_bounded(run.history_json, MAX_RECORD_BYTES, ModelFileError, where))
+        history = strict_json(read_bounded(run.history_json, MAX_RECORD_BYTES, ModelFileError, where))
         if not (isinstance(history, list) and history and all(_is_row(row) for row in history)):
-            raise ValueError("expected a non-empty list of epochs with epoch, best_epoch, val_accuracy and val_loss")
-    except ValueError as e:
+            raise ValueError("expected a non-empty list of epochs with epoch and best_epoch (1-10000), val_accuracy (0-1) and val_loss (finite, >= 0)")
+    except (ValueError, RecursionError) as e:
         raise ModelFileError(f"{where}: not what training writes ({str(e)[:120]})") from None
     return history
 
 
 def _is_row(row: Any) -> bool:
-    keys = ("epoch", "best_epoch", *METRICS)
-    return isinstance(row, dict) and all(isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool) for k in keys)
+    """An epoch as training writes it: whole epoch numbers in range, an accuracy, a finite loss."""
+    if not isinstance(row, dict):
+        return False
+    epochs, accuracy, loss = (row.get("epoch"), row.get("best_epoch")), row.get("val_accuracy"), row.get("val_loss")
+    return (
+        all(type(epoch) is int and 1 <= epoch <= MAX_EPOCHS for epoch in epochs)
+        and _number_in(accuracy, 0, 1)
+        and _number_in(loss, 0, MAX_NUMBER)
+    )
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    """A JSON number within [low, high]; NaN compares false, and a 400-digit integer compares without overflow."""
+    return type(value) in (int, float) and low <= value <= high
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:

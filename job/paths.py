@@ -127,5 +127,5 @@ class ExperimentPaths:
         return self.root / "selection.json"
 
     @property
-    def finalize_lock(self) -> Path:  # holds the index of the process that finalises (Kubernetes: the last trial to finish)
+    def finalize_lock(self) -> Path:  # the finaliser's index and token while it works (Kubernetes); renewed, then removed
         return self.root / "finalize.lock"

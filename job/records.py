@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from job.bounded import read_bounded
 from job.errors import ModelFileError
 
 MAX_RECORD_BYTES = 64 << 20
+MAX_NUMBER = 1e300  # finite, and small enough for every format and sum a record's reader makes (1e400 reads as inf)
 
 
 class Record:
@@ -39,20 +39,29 @@ def read_record(cls: type[Any], path: Path) -> Any:
 def parse_record(cls: type[Any], raw: bytes | str, where: str) -> Any:
     """The dataclass `cls` from JSON text; `where` names it in the error."""
     try:
-        record = json.loads(raw)
+        record = strict_json(raw)
         hints = typing.get_type_hints(cls)
         if not isinstance(record, dict) or set(record) != set(hints):
             raise ValueError("its fields differ")
         wrong = [key for key, hint in hints.items() if not _matches(record[key], hint)]
         if wrong:
             raise ValueError(f"{wrong[0]} has the wrong type")
+        return cls(**record)  # a record's __post_init__ checks ranges with ValueError
     except (ValueError, RecursionError) as e:
         raise ModelFileError(f"{where}: not a record this version of cifar-job wrote ({str(e)[:80]})") from None
-    return cls(**record)
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """JSON as the standard defines it: NaN and ±Infinity, which Python's json reads unless told not to, are a ValueError."""
+    return json.loads(raw, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """isinstance for the JSON shapes of these records: str, bool, int, float (finite or ±inf), list[...], dict[str, ...]."""
+    """isinstance for the JSON shapes of these records: str, bool, int, float (finite), list[...], dict[str, ...]."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return True
@@ -63,9 +72,9 @@ def _matches(value: Any, hint: Any) -> bool:
         _, item = typing.get_args(hint)
         return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER
     return isinstance(value, hint)
 
 
@@ -76,8 +85,7 @@ def read_marker(path: Path) -> dict[str, Any]:
     it runs, reads its inputs strictly and names any corrupt file.
     """
     try:
-        with open(path, "rb") as f:
-            marker = json.loads(f.read(MAX_RECORD_BYTES + 1))
-    except (OSError, ValueError, RecursionError):
+        marker = strict_json(read_bounded(path, MAX_RECORD_BYTES, ModelFileError, f"record {path}"))
+    except (ModelFileError, ValueError, RecursionError):
         return {}
     return marker if isinstance(marker, dict) else {}

@@ -273,7 +273,7 @@ HOSTILE_COMMAND_LINES = {
     "two variables for one key": ([], {"CIFAR_JOB_TRAIN_EPOCHS": "3", "CIFAR_JOB_TRAIN_epochs": "4"},
                                   "environment variables CIFAR_JOB_TRAIN_EPOCHS and CIFAR_JOB_TRAIN_epochs both set train.epochs"),
     "password in a bad URL": (["--set", "metrics.pushgateway_url=http://ci:hunter2@push:9091/a b"], {},
-                              "config key metrics.pushgateway_url (from command line): credentials, a query or a fragment in a URL are refused"),
+                              "config key metrics.pushgateway_url (from command line): string should match pattern"),
     "escape sequence in the environment": ([], {"CIFAR_JOB_METRICS_RUN_ID": "\x1b]0;owned\x07"}, "config key metrics.run_id (from environment)"),
 }
 
