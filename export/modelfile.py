@@ -8,25 +8,27 @@ everywhere: a `ModelFileError` that names the file and what is wrong with it.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from job.bounded import open_regular, read_bounded
 from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
 from job.errors import ModelFileError
+
+MAX_MODEL_BYTES = 2 << 30  # protobuf's limit for one message, so for one ONNX file
 
 if TYPE_CHECKING:
     import onnx
 
 
 def read_model(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"model {path}: no such file; run `cifar-job export` first") from None
-    except OSError as e:
-        raise ModelFileError(f"model {path}: cannot read ({e.strerror})") from None
+    """The model's bytes: a regular file (a FIFO in its place is refused, never waited on) within protobuf's 2 GiB."""
+    if not os.path.lexists(path):
+        raise ModelFileError(f"model {path}: no such file; run `cifar-job export` first")
+    return read_bounded(path, MAX_MODEL_BYTES, ModelFileError, f"model {path}")
 
 
 def load_onnx(data: bytes, where: str) -> onnx.ModelProto:
@@ -88,11 +90,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 and size of a model file, opened without blocking and only if it is a regular file."""
+    with open_regular(path, ModelFileError, f"model {path}") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
+
+
 def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_digest(path)[0]
 
 
 def sha256_of(path: Path) -> str | None:
-    """The file's sha256, or None when there is no such file: for comparing against a marker."""
-    return sha256_file(path) if path.is_file() else None
+    """The file's sha256, or None when it is missing or no regular file: for comparing against a marker."""
+    try:
+        return sha256_file(path)
+    except ModelFileError:
+        return None

@@ -7,7 +7,8 @@ judged under the lock against the model published at that moment. Triton and KSe
 the layout as it is (export/repository.py), with the model-level `config.pbtxt` and `labels.txt`
 derived from the graph (export/model_config.py) and rewritten on every publish, after the version.
 `publish_measured` is the one way a measured model enters the repository; the variants stage
-publishes through it too.
+publishes through it too, each model under the `Kind` its directory records (export/repository.py),
+so a run can never publish into a directory that holds another run's model or variant.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 from export import repository
 from export.gate import GateResult, judge
 from export.model_config import CONFIG_FILE, LABELS_FILE, config_pbtxt, labels_txt
-from export.modelfile import load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_file, sha256_of
-from export.repository import MODEL_FILE, SIDECAR
+from export.modelfile import file_digest, load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_of
+from export.repository import MODEL_FILE, SIDECAR, Kind
 from export.scores import Measurement, measure, test_set_record
 from job.atomic import atomic_write, storage_errors
 from job.config import Config
@@ -64,12 +65,13 @@ def publish_model(config: Config, paths: RunPaths, data: CifarData | None = None
     where = str(paths.onnx)
     blob = read_model(paths.onnx)
     model = load_onnx(blob, where)
-    model_dir = writable_model_dir(config, config.publish.model_name)
+    kind = Kind(config.publish.model_name, None)
+    check_model_dir(config, kind)
     data = data if data is not None else load_dataset(config.data)
     test_set = test_set_record(metadata(model), data, config.validate_.allow_other_test_set, where)
     measured = measure(blob, data, config.validate_.device, config.validate_.batch_size, where)
     result = publish_measured(
-        config, paths, model_dir, model, measured, test_set, judge_now=lambda published: judge(measured.scores(), config.gate, published), began=began
+        config, paths, kind, model, measured, test_set, judge_now=lambda published: judge(measured.scores(), config.gate, published), began=began
     )
     atomic_write(paths.publish_result, result.to_json())
     log.info(result.summary())
@@ -79,7 +81,7 @@ def publish_model(config: Config, paths: RunPaths, data: CifarData | None = None
 def publish_measured(
     config: Config,
     paths: RunPaths,
-    model_dir: Path,
+    kind: Kind,
     model: Any,
     measured: Measurement,
     test_set: dict[str, Any],
@@ -87,25 +89,31 @@ def publish_measured(
     began: float,
     extra: Mapping[str, Any] | None = None,
 ) -> PublishResult:
-    """Under the lock: reuse the version this model already has, or judge the gate now and publish the next one;
-    then (re)write the model-level files. `extra` joins the sidecar (a variant's provenance and parity)."""
+    """Under the lock, in the model directory of `kind` (holding that kind, or not there yet): reuse the version this
+    model already has, or judge the gate now and publish the next one; then (re)write the model-level files.
+    `extra` joins the sidecar (a variant's provenance and parity)."""
+    model_dir = config.publish.root / kind.directory
     files = _model_files(config, model, model_dir.name, measured.class_names, str(model_dir))
     with repository.locked(model_dir):
+        repository.check_kind(model_dir, kind)
         repository.check_model_files(model_dir, files)
         version = repository.version_of(model_dir, measured.model_sha256)
         newly = version is None
         if newly:
-            version = _publish_new(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), extra or {})
-        repository.write_model_files(model_dir, files)
+            version, version_files = _new_version(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), extra or {})
+            repository.add_version(model_dir, kind, version, version_files, files)
+        else:
+            repository.write_model_files(model_dir, files)
 
     published = model_dir / str(version) / MODEL_FILE
+    digest, size = file_digest(published)
     return PublishResult(
         name=model_dir.name,
         version=version,
         directory=str(published.parent),
-        sha256=sha256_file(published),
+        sha256=digest,
         validated_sha256=measured.model_sha256,
-        size_bytes=published.stat().st_size,
+        size_bytes=size,
         newly_published=newly,
         duration_s=round(time.monotonic() - began, 3),
     )
@@ -119,23 +127,24 @@ def _model_files(config: Config, model: Any, name: str, class_names: tuple[str, 
     }
 
 
-def writable_model_dir(config: Config, name: str) -> Path:
-    """`<publish.root>/<name>`, created and proven writable before any work."""
-    model_dir = config.publish.root / name
+def check_model_dir(config: Config, kind: Kind) -> None:
+    """Before any work: the repository root made and proven writable (the model directory too if it is there: it is
+    made only with its first version), and the model directory holding `kind` or nothing yet."""
+    model_dir = config.publish.root / kind.directory
     try:
         with storage_errors(model_dir):
-            model_dir.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=model_dir).close()
+            config.publish.root.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=model_dir if model_dir.is_dir() else config.publish.root).close()
     except OSError as e:
         raise ConfigError(f"config key publish.root: {model_dir} is not a writable directory ({e.strerror})") from None
-    return model_dir
+    repository.check_kind(model_dir, kind)
 
 
-def _publish_new(
+def _new_version(
     config: Config, paths: RunPaths, measured: Measurement, test_set: dict[str, Any], model: Any, model_dir: Path, gate: GateResult,
     extra: Mapping[str, Any],
-) -> int:
-    """Enforce the gate judged against what is published now, then publish as the next version; call under the lock."""
+) -> tuple[int, dict[str, bytes]]:
+    """Enforce the gate judged against what is published now, then the next version's number and files; call under the lock."""
     gate.enforce("nothing published")
     version = max(repository.versions(model_dir), default=0) + 1
     provenance = metadata(model)
@@ -143,8 +152,7 @@ def _publish_new(
     set_metadata(model, {"test_metrics": json.dumps(headline)})
     stamped = model.SerializeToString()
     sidecar = {**_sidecar(model_dir.name, paths, measured, headline, gate, version, stamped, provenance), **extra}
-    repository.write_version(model_dir / str(version), {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode()})
-    return version
+    return version, {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode()}
 
 
 def _test_metrics(measured: Measurement, test_set: dict[str, Any]) -> dict[str, Any]:

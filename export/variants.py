@@ -10,7 +10,8 @@ failed run: the float model stays published, and the variant is not. Each varian
 through export/scores.py exactly like the float model (accuracy, F1, images/s, same test-set
 binding) plus parity against it (largest probability difference, top-1 agreement), and enters
 the repository as `<model_name>-<variant>` through publish's one path (lock, staging, rename,
-config.pbtxt and labels.txt).
+config.pbtxt and labels.txt), its directory recording it as that variant of that model; a variant
+that fails its gate leaves nothing in the repository.
 
 Resuming: variants.json is written last; the stage is complete while it names the run's current
 model.onnx, the same variant settings and publish target, and each published variant is still
@@ -23,14 +24,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from export import precision, repository
 from export.gate import GateResult
-from export.modelfile import load_onnx, metadata, read_model, set_metadata, sha256, sha256_of
-from export.publish import publish_measured, writable_model_dir
-from export.repository import MODEL_FILE
+from export.modelfile import file_digest, load_onnx, metadata, read_model, set_metadata, sha256, sha256_of
+from export.publish import check_model_dir, publish_measured
+from export.repository import MODEL_FILE, Kind
 from export.scores import Measurement, measure_outputs, parity, test_set_record
 from job.atomic import atomic_write
 from job.config import Config
@@ -92,20 +92,23 @@ def publish_variants(config: Config, paths: RunPaths, data: CifarData | None = N
     blob = read_model(paths.onnx)
     model = load_onnx(blob, where)
     float_dir = config.publish.root / config.publish.model_name
+    repository.check_kind(float_dir, Kind(config.publish.model_name, None))
     float_version = repository.version_of(float_dir, sha256(blob))
     if float_version is None:
         raise ModelFileError(f"model {where}: not published in {float_dir}; variants derive from the published model: run `cifar-job publish` first")
-    model_dirs = {v: writable_model_dir(config, f"{config.publish.model_name}-{v}") for v in config.variants.enabled}
+    kinds = [Kind(config.publish.model_name, variant) for variant in config.variants.enabled]
+    for kind in kinds:
+        check_model_dir(config, kind)
     data = data if data is not None else load_dataset(config.data)
     test_set_record(metadata(model), data, config.validate_.allow_other_test_set, where)
     reference, probabilities = measure_outputs(blob, data, config.validate_.device, config.validate_.batch_size, where)
     derived_from = {"name": config.publish.model_name, "version": float_version, "validated_sha256": reference.model_sha256,
-                    "sha256": sha256_of(float_dir / str(float_version) / MODEL_FILE)}  # fmt: skip
+                    "sha256": file_digest(float_dir / str(float_version) / MODEL_FILE)[0]}  # fmt: skip
 
     outcomes = []
-    for variant, model_dir in model_dirs.items():
-        candidate = _make(variant, model, data, config)
-        outcomes.append(_prove_and_publish(variant, candidate, model_dir, config, paths, data, reference, probabilities, derived_from))
+    for kind in kinds:
+        candidate = _make(kind.variant, model, data, config)
+        outcomes.append(_prove_and_publish(kind, candidate, config, paths, data, reference, probabilities, derived_from))
     result = VariantsResult(
         float_name=config.publish.model_name,
         float_version=float_version,
@@ -136,11 +139,12 @@ def _make(variant: str, model: Any, data: CifarData, config: Config) -> Any:
 
 
 def _prove_and_publish(
-    variant: str, candidate: Any, model_dir: Path, config: Config, paths: RunPaths, data: CifarData,
+    kind: Kind, candidate: Any, config: Config, paths: RunPaths, data: CifarData,
     reference: Measurement, reference_probabilities: Any, derived_from: dict[str, Any],
 ) -> VariantOutcome:  # fmt: skip
     """Measure the variant like the float model, compare it with the float model, and publish it if it passes its gate."""
     began = time.monotonic()
+    variant = kind.variant
     where = f"{variant} variant of {paths.onnx}"
     blob = candidate.SerializeToString()
     test_set = test_set_record(metadata(candidate), data, config.validate_.allow_other_test_set, where)
@@ -148,14 +152,14 @@ def _prove_and_publish(
     measured, probabilities = measure_outputs(blob, data, device, config.validate_.batch_size, where)
     agreement = parity(reference_probabilities, probabilities)
     gate = variant_gate(measured.accuracy, reference.accuracy, config.variants.max_accuracy_drop, derived_from["version"])
-    outcome = {"variant": variant, "name": model_dir.name, "accuracy": measured.accuracy, "weighted_f1": measured.weighted_f1,
+    outcome = {"variant": variant, "name": kind.directory, "accuracy": measured.accuracy, "weighted_f1": measured.weighted_f1,
                "images_per_second": measured.images_per_second, "provider": measured.providers[0], "parity": agreement,
                "gate": gate.to_json(), "validated_sha256": measured.model_sha256}  # fmt: skip
     if not gate.passed:
-        log.warning("%s: %s; not published (the float model stays published)", model_dir.name, gate.describe())
+        log.warning("%s: %s; not published (the float model stays published)", kind.directory, gate.describe())
         return VariantOutcome(**outcome, published=False, version=None, sha256=None)
     extra = {"variant": {"kind": variant, "derived_from": derived_from, "parity": agreement, "float_accuracy": reference.accuracy}}
-    published = publish_measured(config, paths, model_dir, candidate, measured, test_set, judge_now=lambda _: gate, began=began, extra=extra)
+    published = publish_measured(config, paths, kind, candidate, measured, test_set, judge_now=lambda _: gate, began=began, extra=extra)
     return VariantOutcome(**outcome, published=True, version=published.version, sha256=published.sha256)
 
 
@@ -179,8 +183,10 @@ def is_complete(config: Config, paths: RunPaths) -> bool:
     outcomes = marker.get("variants")
     if marker.get("float_validated_sha256") != sha256_of(paths.onnx) or marker.get("settings") != _settings(config) or not isinstance(outcomes, list):
         return False
+    root = config.publish.root
     return all(
-        isinstance(o, dict) and (not o.get("published") or o.get("sha256") == sha256_of(config.publish.root / str(o.get("name")) / str(o.get("version")) / MODEL_FILE))
+        isinstance(o, dict)
+        and (not o.get("published") or o.get("sha256") == sha256_of(root / str(o.get("name")) / str(o.get("version")) / MODEL_FILE))
         for o in outcomes
     )
 

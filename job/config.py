@@ -424,8 +424,8 @@ def load_config(
     """
     layers = [(read_yaml(file), label(file))] if file is not None else []
     layers += [(dict(base[0]), base[1])] if base is not None else []
-    layers += [(_env_layer(os.environ if env is None else env), "environment"), (_nest(overrides or {}), "command line")]
-    layers += [(_nest(trial[0]), trial[1])] if trial is not None else []
+    layers += [(_env_layer(os.environ if env is None else env), "environment"), (_nest(overrides or {}, "command line"), "command line")]
+    layers += [(_nest(trial[0], trial[1]), trial[1])] if trial is not None else []
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for layer, source in [_recipe_layer(layers), *layers]:
@@ -445,7 +445,7 @@ def _recipe_layer(layers: list[tuple[dict[str, Any], str]]) -> tuple[dict[str, A
             architecture = model["name"]
         recipe = layer.get("recipe", recipe)
     defaults = recipe_defaults(architecture, recipe) if isinstance(architecture, str) and isinstance(recipe, str) else None
-    return _nest(defaults or {}), f"recipe {recipe}"
+    return _nest(defaults or {}, f"recipe {recipe}"), f"recipe {recipe}"
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -549,7 +549,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"environment variables {label(names[key])} and {label(name)} both set {label(key)}")
         names[key] = name
         layer[key] = None if value == "" else value
-    return _nest(layer)
+    return _nest(layer, "environment")
 
 
 def _env_key(name: str) -> str:
@@ -565,11 +565,14 @@ def _env_key(name: str) -> str:
     return f"{section}.{key}"
 
 
-def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+def _nest(dotted: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`{"train.epochs": 3}` as `{"train": {"epochs": 3}}`; a section set both whole and by key in one layer is refused."""
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
-        section, _, leaf = key.partition(".")
-        if leaf:
+        section, dot, leaf = key.partition(".")
+        if dot and (section in nested and not isinstance(nested[section], dict) or section in dotted):
+            raise ConfigError(f"config key {label(key)} (from {source}): its section {label(section)} is also set whole; set one or the other")
+        if dot:
             nested.setdefault(section, {})[leaf] = value
         else:
             nested[section] = value

@@ -93,7 +93,7 @@ def trial_row(trial: Trial, paths: ExperimentPaths, completed: bool) -> TrialRow
         raise ModelFileError(f"history {run.history_json}: no row for best epoch {best_epoch}")
     seconds = read_marker(run.train_result).get("train_seconds")
     return TrialRow(
-        **common, status="completed", best_epoch=best_epoch, val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
+        **common, status="completed", best_epoch=int(best_epoch), val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
         epochs=len(history), seconds=seconds if _number_in(seconds, 0, MAX_SECONDS) else None,
     )  # fmt: skip
 
@@ -110,12 +110,12 @@ def _history(run: RunPaths) -> list[dict[str, float]]:
 
 
 def _is_row(row: Any) -> bool:
-    """An epoch as training writes it: whole epoch numbers in range, an accuracy, a finite loss."""
+    """An epoch as training writes it: whole epoch numbers in range, an accuracy, a finite loss (bools are no numbers)."""
     if not isinstance(row, dict):
         return False
     epochs, accuracy, loss = (row.get("epoch"), row.get("best_epoch")), row.get("val_accuracy"), row.get("val_loss")
     return (
-        all(type(epoch) is int and 1 <= epoch <= MAX_EPOCHS for epoch in epochs)
+        all(_number_in(epoch, 1, MAX_EPOCHS) and float(epoch).is_integer() for epoch in epochs)  # training writes best_epoch as 1.0
         and _number_in(accuracy, 0, 1)
         and _number_in(loss, 0, MAX_NUMBER)
     )

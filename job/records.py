@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from job.bounded import read_bounded
 from job.errors import ModelFileError
 
 MAX_RECORD_BYTES = 64 << 20
-MAX_NUMBER = 1e300  # finite, and small enough for every format and sum a record's reader makes (1e400 reads as inf)
+MAX_NUMBER = 1e300  # largest integer a record may hold: a 400-digit one would overflow the first float conversion
 
 
 class Record:
@@ -39,7 +40,7 @@ def read_record(cls: type[Any], path: Path) -> Any:
 def parse_record(cls: type[Any], raw: bytes | str, where: str) -> Any:
     """The dataclass `cls` from JSON text; `where` names it in the error."""
     try:
-        record = strict_json(raw)
+        record = json.loads(raw)  # ±Infinity allowed: a checkpoint before its first epoch has no best loss yet
         hints = typing.get_type_hints(cls)
         if not isinstance(record, dict) or set(record) != set(hints):
             raise ValueError("its fields differ")
@@ -61,7 +62,7 @@ def _no_constant(name: str) -> Any:
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """isinstance for the JSON shapes of these records: str, bool, int, float (finite), list[...], dict[str, ...]."""
+    """isinstance for the JSON shapes of these records: str, bool, int, float (not NaN), list[...], dict[str, ...]; numbers in range."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return True
@@ -72,7 +73,9 @@ def _matches(value: Any, hint: Any) -> bool:
         _, item = typing.get_args(hint)
         return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER
+        if isinstance(value, int) and not isinstance(value, bool):
+            return abs(value) <= MAX_NUMBER
+        return isinstance(value, float) and not math.isnan(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER
     return isinstance(value, hint)

@@ -146,7 +146,7 @@ def test_a_failed_gate_publishes_nothing_and_exits_6(runs, tmp_path: Path, args:
     assert last.startswith("cifar-job: error: ") and message in last and last.endswith("; nothing published")
     assert versions(root / "cifar10-cnn") == [1] and _sha(_published(root, 1) / "model.onnx") == before
     assert not (runs["worse"] / "publish.json").exists()
-    assert sorted(p.name for p in (root / "cifar10-cnn").iterdir() if not p.name.isdigit()) == [".publish.lock", "config.pbtxt", "labels.txt"]
+    assert sorted(p.name for p in (root / "cifar10-cnn").iterdir() if not p.name.isdigit()) == [".cifar-job.json", "config.pbtxt", "labels.txt"]
 
 
 def test_publish_measures_the_model_itself_so_an_edited_metrics_json_cannot_pass_the_gate(runs, tmp_path: Path) -> None:
@@ -292,7 +292,7 @@ def test_a_publish_killed_midway_leaves_the_previous_version_intact(runs, tmp_pa
     assert rerun.exit_code == 0, rerun.output
     assert rerun.stdout.startswith("already published:" if renamed else "published:")
     assert versions(model_dir) == [1, 2] and _intact(_published(root, 2)) and _model_files_match(model_dir)
-    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == [".publish.lock"]  # no staging, no temporary file
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == [".cifar-job.json"]  # no staging, no temporary file
 
 
 def test_concurrent_publishers_get_distinct_versions(runs, tmp_path: Path) -> None:

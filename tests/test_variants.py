@@ -164,7 +164,7 @@ def test_a_variants_run_killed_midway_leaves_complete_models_and_resumes(copied,
     assert rerun.exit_code == 0, rerun.output
     for variant in ("int8", "fp16"):
         _check_published_variant(root, variant, root / "cifar10-cnn", 0.05)
-        assert sorted(p.name for p in (root / f"cifar10-cnn-{variant}").iterdir() if p.name.startswith(".")) == [".publish.lock"]
+        assert sorted(p.name for p in (root / f"cifar10-cnn-{variant}").iterdir() if p.name.startswith(".")) == [".cifar-job.json"]
 
 
 # --- the real CNN: the session's training, exported once -----------------------------------------
