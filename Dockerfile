@@ -50,6 +50,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY job ./job
 COPY export ./export
+# job/kube/chart links here: the chart is installed into the package with it.
+COPY charts/cifar-job ./charts/cifar-job
 # The project itself, built with the lock's setuptools; then prove the environment is
 # consistent and drop the installer, which the runtime does not need.
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \

@@ -20,15 +20,15 @@ import numpy as np
 
 from export.modelfile import load_onnx, set_metadata, sha256, sha256_file, sha256_of
 from export.session import open_session, predict
-from job.atomic import atomic_write
-from job.bounded import read_bounded
-from job.config import Config
-from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_LAYOUT, INPUT_NAME, INPUT_SCALING, OUTPUT_MEANING, OUTPUT_NAME, scale
-from job.data import CifarData, load_dataset
-from job.errors import ConfigError, DataError, ExportError, ModelFileError
-from job.model import build_model, with_test_time_augmentation
-from job.paths import RunPaths
-from job.records import MAX_RECORD_BYTES, Record, read_marker
+from job.core.atomic import atomic_write
+from job.core.bounded import read_bounded
+from job.config.settings import Config
+from job.models.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_LAYOUT, INPUT_NAME, INPUT_SCALING, OUTPUT_MEANING, OUTPUT_NAME, scale
+from job.data.dataset import CifarData, load_dataset
+from job.core.errors import ConfigError, DataError, ExportError, ModelFileError
+from job.models.registry import build_model, with_test_time_augmentation
+from job.core.paths import RunPaths
+from job.core.records import MAX_RECORD_BYTES, Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
         duration_s=round(time.monotonic() - began, 3),
         settings=config.export.model_dump(mode="json"),
     )
-    paths.begin(config)
+    config.record_in(paths)
     atomic_write(paths.onnx, blob)
     atomic_write(paths.export_result, result.to_json())
     log.info(result.summary())
@@ -182,7 +182,7 @@ def _metadata(config: Config, model: Any, data: CifarData, weights_sha256: str, 
 
 
 def _experiment(paths: RunPaths) -> dict[str, str]:
-    """`experiment`: the summary of the experiment that chose this trial (job/experiment.py writes it), if one did."""
+    """`experiment`: the summary of the experiment that chose this trial (job/experiments/runner.py writes it), if one did."""
     if not paths.experiment.is_file():
         return {}
     return {"experiment": read_bounded(paths.experiment, MAX_RECORD_BYTES, ModelFileError, f"experiment record {paths.experiment}").decode()}

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from export import repository
-from job.config import GateConfig
-from job.errors import GateFailed
+from job.config.settings import GateConfig
+from job.core.errors import GateFailed
 
 GATED_METRICS = ("accuracy", "weighted_f1")
 

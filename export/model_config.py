@@ -2,7 +2,7 @@
 
 A serving team should not have to write them by hand or guess: names, data types and dims are
 read from the graph (so they cannot drift from the file Triton loads) and checked against the
-I/O contract (job/contract.py) before anything is written. The batch dimension must be dynamic:
+I/O contract (job/models/contract.py) before anything is written. The batch dimension must be dynamic:
 `max_batch_size` > 0 tells Triton that the first dimension is the batch, so the dims listed
 here leave it out, and `dynamic_batching {}` lets Triton merge single-image requests.
 """
@@ -13,8 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from job.contract import CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
-from job.errors import ModelFileError
+from job.models.contract import CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from job.core.errors import ModelFileError
 
 if TYPE_CHECKING:
     import onnx

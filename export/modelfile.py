@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from job.bounded import open_regular, read_bounded
-from job.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
-from job.errors import ModelFileError
+from job.core.bounded import open_regular, read_bounded
+from job.models.contract import BATCH_DIM, CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from job.core.errors import ModelFileError
 
 MAX_MODEL_BYTES = 2 << 30  # protobuf's limit for one message, so for one ONNX file
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from job.contract import INPUT_NAME, scale
-from job.data import CifarData
+from job.models.contract import INPUT_NAME, scale
+from job.data.dataset import CifarData
 
 if TYPE_CHECKING:
     import onnx

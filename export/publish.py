@@ -29,13 +29,13 @@ from export.model_config import CONFIG_FILE, LABELS_FILE, config_pbtxt, labels_t
 from export.modelfile import file_digest, load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_of
 from export.repository import MODEL_FILE, SIDECAR, Kind
 from export.scores import Measurement, measure, test_set_record
-from job.atomic import atomic_write, storage_errors
-from job.config import Config
-from job.contract import INPUT_NAME, OUTPUT_NAME
-from job.data import CifarData, load_dataset
-from job.errors import ConfigError
-from job.paths import RunPaths
-from job.records import Record, read_marker
+from job.core.atomic import atomic_write, storage_errors
+from job.config.settings import Config
+from job.models.contract import INPUT_NAME, OUTPUT_NAME
+from job.data.dataset import CifarData, load_dataset
+from job.core.errors import ConfigError
+from job.core.paths import RunPaths
+from job.core.records import Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ import numpy as np
 from export.gate import GateResult
 from export.modelfile import metadata_json
 from export.scores import Measurement
-from job.atomic import atomic_path, atomic_write
-from job.paths import RunPaths
+from job.core.atomic import atomic_path, atomic_write
+from job.core.paths import RunPaths
 
 SCHEMA_VERSION = 1
 

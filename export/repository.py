@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.atomic import atomic_path, fsync_dir, storage_errors
-from job.bounded import read_bounded
-from job.errors import ModelFileError
-from job.records import Record, parse_record
+from job.core.atomic import atomic_path, fsync_dir, storage_errors
+from job.core.bounded import read_bounded
+from job.core.errors import ModelFileError
+from job.core.records import Record, parse_record
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from export.modelfile import sha256
 from export.session import open_session, predict
-from job.data import CifarData
-from job.errors import DataError, ModelFileError
+from job.data.dataset import CifarData
+from job.core.errors import DataError, ModelFileError
 
 log = logging.getLogger(__name__)
 

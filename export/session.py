@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from job.contract import INPUT_NAME, OUTPUT_NAME, scale
-from job.errors import DeviceUnavailable, ModelFileError
+from job.models.contract import INPUT_NAME, OUTPUT_NAME, scale
+from job.core.errors import DeviceUnavailable, ModelFileError
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -16,10 +16,10 @@ from export import report
 from export.gate import GateResult, judge
 from export.modelfile import load_onnx, metadata, read_model, sha256_of
 from export.scores import Measurement, measure, test_set_record
-from job.config import Config
-from job.data import CifarData, load_dataset
-from job.paths import RunPaths
-from job.records import read_marker
+from job.config.settings import Config
+from job.data.dataset import CifarData, load_dataset
+from job.core.paths import RunPaths
+from job.core.records import read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def validate_model(config: Config, paths: RunPaths, data: CifarData | None = Non
     gate = judge(measured.scores(), config.gate, config.publish.root / config.publish.model_name)
     fields = {f.name: getattr(measured, f.name) for f in dataclasses.fields(Measurement)}
     result = ValidationResult(**fields, test_set=test_set, gate=gate)
-    paths.begin(config)
+    config.record_in(paths)
     report.write_reports(measured, test_set, gate, meta, paths)
     log.info(result.summary())
     return result

@@ -32,12 +32,12 @@ from export.modelfile import file_digest, load_onnx, metadata, read_model, set_m
 from export.publish import check_model_dir, publish_measured
 from export.repository import MODEL_FILE, Kind
 from export.scores import Measurement, measure_outputs, parity, test_set_record
-from job.atomic import atomic_write
-from job.config import Config
-from job.data import CifarData, load_dataset
-from job.errors import ModelFileError
-from job.paths import RunPaths
-from job.records import Record, read_marker
+from job.core.atomic import atomic_write
+from job.config.settings import Config
+from job.data.dataset import CifarData, load_dataset
+from job.core.errors import ModelFileError
+from job.core.paths import RunPaths
+from job.core.records import Record, read_marker
 from job.stage import Stage
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from typing import Any
 
 import click
 
-from job.config import Config, load_config, parse_sets
-from job.errors import ConfigError, DeviceUnavailable
-from job.recipes import RECIPES
+from job.config.settings import Config, load_config, parse_sets
+from job.core.errors import ConfigError, DeviceUnavailable
+from job.config.recipes import RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def forward_flops(model: Any) -> int:
 
 
 def _views(test_time_augmentation: str) -> int:
-    from job.layers import TTA_VIEWS
+    from job.models.layers import TTA_VIEWS
 
     return len(TTA_VIEWS[test_time_augmentation][0]) if test_time_augmentation != "none" else 1
 
@@ -142,7 +142,7 @@ def tensorflow_device(device: str) -> str:
 
 
 def mixed_dtype(tf_device: str) -> str:
-    """What the mixed-precision recipes compute in on this device (job.train.precision_policy)."""
+    """What the mixed-precision recipes compute in on this device (job.training.train.precision_policy)."""
     return "bfloat16" if tf_device == "CPU" else "float16"
 
 
@@ -193,10 +193,10 @@ def measure_training(config: Config, tf_device: str, steps: int, peak: dict[str,
     import keras
     import numpy as np
 
-    from job.contract import CLASS_COUNT, IMAGE_SHAPE
-    from job.input_pipeline import training_dataset
-    from job.model import initialise
-    from job.train import compiled_model, precision_policy
+    from job.models.contract import CLASS_COUNT, IMAGE_SHAPE
+    from job.training.input_pipeline import training_dataset
+    from job.models.registry import initialise
+    from job.training.train import compiled_model, precision_policy
 
     cfg = config.train
     rng = np.random.default_rng(0)
@@ -238,7 +238,7 @@ def measure_inference(config: Config, device: str, settings: Settings, peak: dic
 
     from export.convert import keras_to_onnx
     from export.session import open_session
-    from job.model import build_model, with_test_time_augmentation
+    from job.models.registry import build_model, with_test_time_augmentation
 
     name, tta = config.model.name, config.export.test_time_augmentation
     trained = build_model(name)
@@ -273,7 +273,7 @@ def _latencies(session: Any, batch: int, settings: Settings) -> list[float]:
     """Seconds of each `run` on one random batch: a warm-up, then runs until the time is up (at least the minimum)."""
     import numpy as np
 
-    from job.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, scale
+    from job.models.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, scale
 
     images = scale(np.random.default_rng(batch).integers(0, 256, (batch, *IMAGE_SHAPE), dtype=np.uint8))
     session.run([OUTPUT_NAME], {INPUT_NAME: images})  # allocations, kernel selection

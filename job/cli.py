@@ -1,6 +1,6 @@
 """The `cifar-job` command line: parse, load the config, dispatch to a stage. No logic of its own.
 
-Every expected failure (job/errors.py) becomes one line on stderr and its exit code.
+Every expected failure (job/core/errors.py) becomes one line on stderr and its exit code.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from job.errors import EXPECTED_FAILURES, Preempted, one_line
+from job.core.errors import EXPECTED_FAILURES, Preempted, one_line
 
 PREEMPTED = "SIGTERM received; finished stages and epochs are saved, rerun to resume"
 
@@ -66,14 +66,14 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from job.atomic import storage_errors  # noqa: E402
+from job.core.atomic import storage_errors  # noqa: E402
 from job.bench import bench  # noqa: E402
-from job.config import Config, load_config, parse_sets  # noqa: E402
-from job.experiment_cli import experiment  # noqa: E402
-from job.k8s_cli import k8s  # noqa: E402
-from job.metrics_session import metrics_session  # noqa: E402
-from job.paths import RunPaths  # noqa: E402
-from job.recipes import recipe_summary  # noqa: E402
+from job.config.settings import Config, load_config, parse_sets  # noqa: E402
+from job.experiments.cli import experiment  # noqa: E402
+from job.kube.cli import k8s  # noqa: E402
+from job.metrics.session import metrics_session  # noqa: E402
+from job.core.paths import RunPaths  # noqa: E402
+from job.config.recipes import recipe_summary  # noqa: E402
 
 log = logging.getLogger("cifar_job")
 
@@ -227,7 +227,7 @@ def data() -> None:
 @config_options
 def data_verify(config: Config) -> None:
     """Load and verify a source; print counts per split and class and the checksum."""
-    from job.data import load_dataset
+    from job.data.dataset import load_dataset
 
     dataset = load_dataset(config.data)
     click.echo(dataset.describe())

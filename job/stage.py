@@ -1,6 +1,6 @@
 """What every stage of a run is: a name, a way to run it, and a way to tell whether its output is done.
 
-Each stage module (job/train.py, export/convert.py, export/validate.py, export/publish.py)
+Each stage module (job/training/train.py, export/convert.py, export/validate.py, export/publish.py)
 defines one `Stage` next to the code that writes its completion marker, so the question "is
 this stage complete and current for this config?" is answered in exactly one place. The
 runner (job/stages.py) only loops over them.
@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from job.config import Config
-from job.data import CifarData, load_dataset
-from job.paths import RunPaths
+from job.config.settings import Config
+from job.data.dataset import CifarData, load_dataset
+from job.core.paths import RunPaths
 
 
 class Result(Protocol):

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 
 from export import convert, publish, validate, variants
-from job import train
-from job.config import Config
-from job.metrics import RunMetrics
-from job.paths import RunPaths
+from job.training import train
+from job.config.settings import Config
+from job.metrics.series import RunMetrics
+from job.core.paths import RunPaths
 from job.stage import Result, Stage, StageInputs
 
 log = logging.getLogger(__name__)

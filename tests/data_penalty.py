@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from export.session import open_session, predict
-from job.config import load_config
-from job.data import load_dataset
+from job.config.settings import load_config
+from job.data.dataset import load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 

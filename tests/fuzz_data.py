@@ -25,10 +25,10 @@ import atheris
 import numpy as np
 
 with atheris.instrument_imports(include=["job"]):
-    from job.archive import ArchiveError, read_members
-    from job.batch_format import read_class_names
-    from job.errors import DataError
-    from job.safe_pickle import Refused, load_dict
+    from job.data.archive import ArchiveError, read_members
+    from job.data.batch_format import read_class_names
+    from job.core.errors import DataError
+    from job.data.safe_pickle import Refused, load_dict
 
 from tests.cifar_bytes import meta, py2_batch
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.fuzz_inputs spec   -max_total_time=600 -max_len=8192  [CORPUS]
     .venv/bin/python -m tests.fuzz_inputs values -max_total_time=600 -max_len=16384 [CORPUS]
 
-Both read a file a user names through the bounded strict YAML reader (job.config.read_yaml). A
+Both read a file a user names through the bounded strict YAML reader (job.config.settings.read_yaml). A
 finding is anything but a clean load or a `ConfigError` whose message is one printable line of at
 most 1000 characters: another exception (another `JobError` included), a crash, an input past the
 per-input time (-timeout) or the memory cap (tests/fuzzing.py); libFuzzer then writes the input
@@ -27,10 +27,10 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["job", "yaml"]):
-    from job.chart import load_values
-    from job.config import SECTION_NAMES, SECTIONS
-    from job.errors import ConfigError, JobError
-    from job.experiment_spec import MAX_TRIALS, ExperimentSpec, load_spec
+    from job.kube.chart import load_values
+    from job.config.settings import SECTION_NAMES, SECTIONS
+    from job.core.errors import ConfigError, JobError
+    from job.config.experiment_spec import MAX_TRIALS, ExperimentSpec, load_spec
 
 from tests.test_fuzz_config import SCALARS
 

@@ -4,7 +4,7 @@ The README's KServe example is this module's output, so its numbers are real:
 
     .venv/bin/python -m tests.kserve_request [--model MODEL.onnx] [--full]
 
-prints (on stdout, one JSON document a line) the request for test image 0 of the shared archive (pixels scaled as job/contract.py says)
+prints (on stdout, one JSON document a line) the request for test image 0 of the shared archive (pixels scaled as job/models/contract.py says)
 and, with --model, the response onnxruntime computes for it, in the shape a v2 server returns.
 Without --full the input's 3,072 values are cut to the first few, as the README shows them.
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from job.config import DataConfig
-from job.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, scale
-from job.data import load_dataset
+from job.config.settings import DataConfig
+from job.models.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, scale
+from job.data.dataset import load_dataset
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar-10-python.tar.gz"
 SHOWN = 6  # input values the README shows

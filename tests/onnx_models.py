@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from job.contract import INPUT_LAYOUT, INPUT_SCALING, OUTPUT_MEANING, PIXEL_MAX
+from job.models.contract import INPUT_LAYOUT, INPUT_SCALING, OUTPUT_MEANING, PIXEL_MAX
 
 
 def mean_colour_model(weights: np.ndarray, bias: np.ndarray, output_name: str = "probabilities", trained_on: str = "") -> onnx.ModelProto:

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from export.modelfile import metadata
 from job.cli import main
-from job.config import load_config
-from job.contract import scale
-from job.data import load_dataset
-from job.model import build_model
+from job.config.settings import load_config
+from job.models.contract import scale
+from job.data.dataset import load_dataset
+from job.models.registry import build_model
 
 from .conftest import train_args
 from .test_recipes import views

@@ -15,10 +15,10 @@ import helm_python as helm
 import pytest
 import yaml
 
-from job import chart
-from job.config import SECTION_NAMES, TOP_LEVEL_KEYS, load_config
-from job.errors import ConfigError
-from job.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
+from job.kube import chart
+from job.config.settings import SECTION_NAMES, TOP_LEVEL_KEYS, load_config
+from job.core.errors import ConfigError
+from job.metrics.pushgateway import PASSWORD_FILE_ENV, USERNAME_ENV
 
 from .k8s_tools import CHART, ENVIRONMENTS, KUBE_VERSIONS, helm3, load_docs
 
@@ -117,7 +117,7 @@ def test_every_value_is_typed_and_documented() -> None:
 
 @pytest.mark.parametrize("env", VALUE_FILES)
 def test_pod_config_is_valid_for_the_job(env: str, tmp_path: Path) -> None:
-    """The ConfigMap plus the container's environment load as job/config.py's Config."""
+    """The ConfigMap plus the container's environment load as job/config/settings.py's Config."""
     docs = rendered(values_of(env))
     job = job_of(docs)
     (container,) = job["spec"]["template"]["spec"]["containers"]
@@ -290,7 +290,7 @@ def test_each_pod_runs_its_trial_in_the_jobs_experiment_directory() -> None:
     assert not {"CIFAR_JOB_CONFIG", "CIFAR_JOB_OUT"} & env  # every trial has its own out, under --out
     assert {"CIFAR_JOB_DATA_CACHE_DIR", "CIFAR_JOB_PUBLISH_ROOT", "CIFAR_JOB_METRICS_PORT"} <= env
     # the pod can tell its index's last try: the controller's failure count and the retries it gets
-    from job.experiment import FAILURES_ENV, RETRIES_ENV
+    from job.experiments.runner import FAILURES_ENV, RETRIES_ENV
 
     by_name = {e["name"]: e for e in container["env"]}
     annotation = "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"
@@ -306,7 +306,7 @@ def test_each_pod_runs_its_trial_in_the_jobs_experiment_directory() -> None:
 @pytest.mark.parametrize("env", VALUE_FILES)
 def test_the_pods_spec_and_environment_load_as_the_experiment_module_reads_them(env: str, tmp_path: Path) -> None:
     """The ConfigMap's spec (config merged under its base) with the container's environment: every trial's config is valid."""
-    from job.experiment_spec import load_spec
+    from job.config.experiment_spec import load_spec
 
     docs = rendered({**values_of(env), **experiment(SPECS["product"][0], config=values_of(env).get("config", {}))})
     (container,) = job_of(docs)["spec"]["template"]["spec"]["containers"]

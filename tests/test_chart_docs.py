@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from job import chart_docs
+from tests.generate import chart_docs
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
 
@@ -13,7 +13,7 @@ CHART = chart_docs.CHART
 
 def test_chart_readme_is_current() -> None:
     fresh = chart_docs.render((CHART / "README.md.tmpl").read_text(), (CHART / "values.yaml").read_text())
-    assert (CHART / "README.md").read_text() == fresh, "charts/cifar-job/README.md is stale: run `python -m job.chart_docs`"
+    assert (CHART / "README.md").read_text() == fresh, "charts/cifar-job/README.md is stale: run `python -m tests.generate`"
 
 
 def test_rows_follow_the_comment_convention() -> None:

@@ -1,4 +1,4 @@
-"""The values schema's `config` part is job/config.py's model: Helm refuses at install time what the pod would refuse at start.
+"""The values schema's `config` part is job/config/settings.py's model: Helm refuses at install time what the pod would refuse at start.
 
 Checked with both engines users run: the Helm 4 SDK (render and strict lint) and a real Helm 3 binary.
 """
@@ -13,9 +13,9 @@ import helm_python as helm
 import pytest
 import yaml
 
-from job import chart_schema
-from job.config import Config, load_config
-from job.errors import ConfigError
+from tests.generate import chart_schema
+from job.config.settings import Config, load_config
+from job.core.errors import ConfigError
 
 from .k8s_tools import CHART, helm3
 
@@ -38,7 +38,7 @@ BAD_CONFIGS = [
 
 def test_schema_config_part_is_current() -> None:
     text = chart_schema.SCHEMA.read_text()
-    assert chart_schema.render(text) == text, "values.schema.json is stale: run `python -m job.chart_schema`"
+    assert chart_schema.render(text) == text, "values.schema.json is stale: run `python -m tests.generate`"
 
 
 @pytest.mark.parametrize(("config", "where"), BAD_CONFIGS, ids=[w for _, w in BAD_CONFIGS])

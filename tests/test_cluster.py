@@ -22,9 +22,11 @@ import yaml
 from click.testing import CliRunner
 from kubernetes import client
 
-from job import chart, cluster
+from job.kube import chart
+
+from job.kube import cluster
 from job.cli import main
-from job.errors import ClusterJobNotFound, ClusterServerError, Preempted
+from job.core.errors import ClusterJobNotFound, ClusterServerError, Preempted
 
 from .k8s_tools import CHART, ROOT, emulator, kubeconfig
 
@@ -327,9 +329,9 @@ def _imports(module: str) -> set[str]:
 
 def test_rendering_and_api_calls_stay_apart() -> None:
     """The chart never talks to a cluster, the API layer never renders, and the command group sits above both."""
-    chart_imports, cluster_imports, cli_imports = (_imports(m) for m in ("job.chart", "job.cluster", "job.k8s_cli"))
+    chart_imports, cluster_imports, cli_imports = (_imports(m) for m in ("job.kube.chart", "job.kube.cluster", "job.kube.cli"))
     assert not any(name.startswith("kubernetes") for name in chart_imports)
-    assert not any(name.startswith(("helm_python", "job.chart")) for name in cluster_imports)
+    assert not any(name.startswith(("helm_python", "job.kube.chart")) for name in cluster_imports)
     assert not any(name.startswith("job.cli") for name in cli_imports)
 
 

@@ -19,8 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import SECTIONS, TRAINING_DEFAULTS_VERSION, TRAINING_SECTIONS, Config, load_config, parse_sets
-from job.errors import ConfigError
+from job.config.settings import SECTIONS, TRAINING_DEFAULTS_VERSION, TRAINING_SECTIONS, Config, load_config, parse_sets
+from job.core.errors import ConfigError
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
 
@@ -310,8 +310,8 @@ def test_default_parity_images_shrink_to_what_the_data_limits_leave() -> None:
 
 @pytest.mark.parametrize(("fraction", "limit"), [(0.2, None), (0.5, 15), (0.85, 10), (0.15, 10), (0.25, 10)])
 def test_split_sizes_are_what_the_data_layer_loads(fraction: float, limit: int | None, cifar_files: dict[str, bytes], tmp_path: Path) -> None:
-    """The config refuses empty splits by counting them as job/data.py splits them (half to even included)."""
-    from job.data import load_dataset
+    """The config refuses empty splits by counting them as job/data/dataset.py splits them (half to even included)."""
+    from job.data.dataset import load_dataset
 
     batches = tmp_path / "cifar-10-batches-py"
     batches.mkdir()

@@ -22,8 +22,8 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import Config, DataConfig, MetricsConfig
-from job.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV
+from job.config.settings import Config, DataConfig, MetricsConfig
+from job.core.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV
 
 from .conftest import REAL_ARCHIVE, TRAINED_SLICE
 from .test_data_download import SECRET, Server

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import load_config
-from job.data import load_dataset
-from job.errors import DataError
+from job.config.settings import load_config
+from job.data.dataset import load_dataset
+from job.core.errors import DataError
 
 from .conftest import CLASS_NAMES, REAL_SHA256, batch_bytes
 

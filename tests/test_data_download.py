@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import job.download
-from job.config import load_config
-from job.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV
-from job.data import load_dataset
-from job.errors import DataError
+import job.data.download
+from job.config.settings import load_config
+from job.core.credentials import DATA_PASSWORD_FILE_ENV, DATA_USERNAME_ENV
+from job.data.dataset import load_dataset
+from job.core.errors import DataError
 
 from .test_data_hostile import cli_error, refused
 
@@ -113,7 +113,7 @@ def test_corrupted_cache_entry_is_downloaded_again(server: Server, tmp_path: Pat
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("/loop", f"more than {job.download.MAX_REDIRECTS} redirects"),
+        ("/loop", f"more than {job.data.download.MAX_REDIRECTS} redirects"),
         ("/to-file", "redirect to file:///etc/passwd refused (only http and https)"),
         ("/missing", "download failed: HTTP 404"),
     ],
@@ -123,7 +123,7 @@ def test_bad_responses_are_one_line(path: str, expected: str, server: Server, tm
 
 
 def test_slow_drip_hits_the_deadline(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(job.download, "DOWNLOAD_DEADLINE_S", 1)
+    monkeypatch.setattr(job.data.download, "DOWNLOAD_DEADLINE_S", 1)
     start = time.monotonic()
     assert "download took longer than 1 s" in refused(load_dataset, data_config(f"{server.base}/drip/x.tar.gz", tmp_path))
     assert time.monotonic() - start < 5
@@ -145,7 +145,7 @@ def test_a_proxy_that_drips_its_answer_hits_the_deadline(scheme: str, tmp_path: 
                 conn.sendall(bytes([byte]))
 
     threading.Thread(target=drip, daemon=True).start()
-    monkeypatch.setattr(job.download, "DOWNLOAD_DEADLINE_S", 1)
+    monkeypatch.setattr(job.data.download, "DOWNLOAD_DEADLINE_S", 1)
     monkeypatch.setenv(f"{scheme}_proxy", f"http://127.0.0.1:{listener.getsockname()[1]}")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from job.archive import ArchiveError, read_members
-from job.batch_format import read_batch, read_class_names
+from job.data.archive import ArchiveError, read_members
+from job.data.batch_format import read_batch, read_class_names
 from job.cli import main
-from job.config import load_config
-from job.data import load_dataset
-from job.errors import DataError
+from job.config.settings import load_config
+from job.data.dataset import load_dataset
+from job.core.errors import DataError
 
 from .cifar_bytes import meta, pax_record, py2_batch, tar_gz, tar_header, tar_member
 from .conftest import CLASS_NAMES, batch_bytes, write_archive
@@ -298,9 +298,9 @@ def test_bombs_stay_within_bounded_memory(tmp_path: Path) -> None:
         (bombs / name.replace(" ", "_")).write_bytes(HOSTILE_ARCHIVES[name][0])
     script = f"""
 import io, pathlib
-from job.archive import ArchiveError, read_members
-from job.batch_format import FILE_LIMITS
-from job.safe_pickle import Refused, load_dict
+from job.data.archive import ArchiveError, read_members
+from job.data.batch_format import FILE_LIMITS
+from job.data.safe_pickle import Refused, load_dict
 limits = {{"cifar-10-batches-py/" + k: v for k, v in FILE_LIMITS.items()}}
 for path in sorted(pathlib.Path({str(bombs)!r}).iterdir()):
     try:

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from job import experiment
-from job.errors import ConfigError, ModelFileError
-from job.experiment import finalise_if_last, finalise_lock
-from job.experiment_spec import ExperimentSpec, load_spec
-from job.paths import ExperimentPaths
+from job.experiments import runner as experiment
+from job.core.errors import ConfigError, ModelFileError
+from job.experiments.runner import finalise_if_last, finalise_lock
+from job.config.experiment_spec import ExperimentSpec, load_spec
+from job.core.paths import ExperimentPaths
 
 from .test_experiment_run import ENV, FLAGS, small_spec
 
@@ -209,7 +209,7 @@ def test_a_live_holder_keeps_the_lock_and_a_dead_one_loses_it(tmp_path: Path, mo
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from job import experiment
+        from job.experiments import runner as experiment
         experiment.RENEW_SECONDS = 0.2
         with experiment.finalise_lock(Path({str(lock)!r}), 3) as holder:
             assert holder is None

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from job.config import load_config
-from job.errors import ConfigError
-from job.metrics_session import TRIAL_ENV, metrics_session, trial_labels
+from job.config.settings import load_config
+from job.core.errors import ConfigError
+from job.metrics.session import TRIAL_ENV, metrics_session, trial_labels
 
 from .conftest import REAL_ARCHIVE, REAL_SHA256
 from .test_experiment_run import small_spec

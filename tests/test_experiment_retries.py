@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from job import experiment
-from job.errors import Preempted
-from job.experiment import FAILURES_ENV, RETRIES_ENV, last_try, run_index
-from job.experiment_spec import load_spec
+from job.experiments import runner as experiment
+from job.core.errors import Preempted
+from job.experiments.runner import FAILURES_ENV, RETRIES_ENV, last_try, run_index
+from job.config.experiment_spec import load_spec
 
 pytestmark = pytest.mark.fast
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from export.repository import versions
-from job.experiment_spec import load_spec
-from job.paths import ExperimentPaths
+from job.config.experiment_spec import load_spec
+from job.core.paths import ExperimentPaths
 
 from .conftest import REAL_ARCHIVE, REAL_SHA256
 

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import DataConfig, load_config
-from job.data import load_dataset, split_indices
-from job.experiment_spec import load_spec
+from job.config.settings import DataConfig, load_config
+from job.data.dataset import load_dataset, split_indices
+from job.config.experiment_spec import load_spec
 
 from .conftest import write_archive
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from export.convert import TRAINING_ONLY_OPS
 from export.modelfile import metadata
 from job.cli import main
-from job.config import load_config
-from job.contract import scale
-from job.data import load_dataset
+from job.config.settings import load_config
+from job.models.contract import scale
+from job.data.dataset import load_dataset
 
 from .conftest import CLASS_NAMES, REAL_SHA256, TRAINED_SLICE
 
@@ -94,7 +94,7 @@ def test_metadata_tells_a_serving_team_what_to_feed_and_where_it_came_from(expor
 
 def test_onnxruntime_agrees_with_keras_on_1000_real_images(exported: Path, real_archive: Path) -> None:
     """Recomputed here, independently of the export's own check."""
-    from job.model import build_model
+    from job.models.registry import build_model
 
     record = json.loads((exported / "export.json").read_text())
     assert record["parity_images"] == 1000 and record["parity_max_abs_diff"] <= 1e-4

@@ -106,9 +106,9 @@ if __name__ == "__main__":
     import atheris
 
     with atheris.instrument_imports(include=["job", "yaml"]):
-        from job.config import ENV_PREFIX, SECTION_NAMES, Config, load_config, parse_sets
-        from job.config import SECTIONS as MODELS
-        from job.errors import ConfigError
+        from job.config.settings import ENV_PREFIX, SECTION_NAMES, Config, load_config, parse_sets
+        from job.config.settings import SECTIONS as MODELS
+        from job.core.errors import ConfigError
 
     SECTIONS = [*SECTION_NAMES, "out", "trian", "validate_"]
     DOTTED = ["out", *(f"{a}.{k}" for a, m in zip(SECTION_NAMES, MODELS.values()) for k in m.model_fields), "train.epoch", "x.y.z"]

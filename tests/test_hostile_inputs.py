@@ -1,7 +1,7 @@
 """Hostile files where the chart's values and experiment specs are read, through the command line a user types.
 
 `k8s render|submit -f VALUES`, `k8s render|submit --experiment SPEC`, `experiment trials SPEC` and
-`experiment run SPEC --out DIR` all read through the one bounded strict reader (job.config.read_yaml).
+`experiment run SPEC --out DIR` all read through the one bounded strict reader (job.config.settings.read_yaml).
 Every hostile input must end the same way as a hostile config file does (tests/test_config.py):
 exit 2, one `cifar-job: error: ` line naming the file, no traceback, within seconds and bounded
 memory, nothing written. Inputs that could block a careless reader for ever (a FIFO, /dev/zero)

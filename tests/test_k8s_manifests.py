@@ -19,9 +19,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from job import chart
+from job.kube import chart
 from job.cli import main
-from job.errors import NON_RETRYABLE_EXIT_CODES, Preempted
+from job.core.errors import NON_RETRYABLE_EXIT_CODES, Preempted
 
 from .k8s_tools import CHART, ENVIRONMENTS, K8S, ROOT, crd_errors, emulator, kube_validate, kubeconfig, load_docs
 

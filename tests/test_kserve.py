@@ -3,7 +3,7 @@
 The InferenceService is checked strictly against KServe's API types (tests/kserve_schema.py: the
 kserve 0.21.0 SDK's generated models, since no registry package ships the CRD YAML), and for what
 serving needs: onnx, protocol v2, storageUri at the root of the repository the Job publishes to.
-The README's request example is checked against the real test image it was generated from.
+The docs' request example (docs/pages/kubernetes.md) is checked against the real test image it was generated from.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from job import chart
+from job.kube import chart
 from job.cli import main
-from job.contract import CLASS_COUNT, INPUT_NAME, OUTPUT_NAME
+from job.models.contract import CLASS_COUNT, INPUT_NAME, OUTPUT_NAME
 
 from .k8s_tools import CHART, ENVIRONMENTS, K8S, ROOT, kube_validate, load_docs
 from .kserve_request import cifar_test_image, shown, v2_request
@@ -145,7 +145,7 @@ def test_plain_manifest_lints_clean() -> None:
 
 
 def _readme_example() -> tuple[dict[str, Any] | str, dict[str, Any]]:
-    section = (ROOT / "README.md").read_text().split("<!-- kserve-example:start -->")[1].split("<!-- kserve-example:end -->")[0]
+    section = (ROOT / "docs" / "pages" / "kubernetes.md").read_text().split("<!-- kserve-example:start -->")[1].split("<!-- kserve-example:end -->")[0]
     request = re.search(r"^\{\"inputs\".*$", section, flags=re.M).group(0)
     response = json.loads(re.search(r"^\{\"model_name\".*$", section, flags=re.M).group(0))
     return request, response

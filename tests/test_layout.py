@@ -6,32 +6,39 @@ only held at import time would still let a change tangle the code.
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import grimp
 import pytest
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
 
-# job/: each module in exactly one layer. A new module must be placed here (the first test says so).
-FOUNDATION = {
-    "job.config", "job.errors", "job.paths", "job.atomic", "job.bounded", "job.records", "job.redact", "job.credentials", "job.stage",
-    "job.contract", "job.model", "job.layers", "job.recipes",
-    "job.data", "job.archive", "job.gzip_stream", "job.batch_format", "job.safe_pickle", "job.extracted", "job.download",
-    "job.experiment_spec",
-}  # fmt: skip
-TRAINING = {"job.train", "job.input_pipeline", "job.history", "job.schedules"}
-SHELL = {
-    "job.cli", "job.__main__", "job.stages", "job.docs",
-    "job.metrics", "job.metrics_callback", "job.metrics_server", "job.metrics_session", "job.pushgateway",
-    "job.k8s_cli", "job.chart", "job.cluster", "job.chart_schema", "job.chart_docs", "job.bench",
-    "job.experiment_cli", "job.experiment", "job.experiment_summary",
-}  # fmt: skip
-# export/: base modules, then the stages in the order a run takes them.
+# Every unit (a sub-package of job/, a module at job/'s top, export/) and the units it may import.
+# Read top to bottom: the foundation, then training, export, and the shell that drives them.
+FOUNDATION = {"job.core", "job.config", "job.models", "job.data", "job.stage"}
+MAY_IMPORT = {
+    "job.core": set(),  # errors, atomic writes, bounded reads, records, redaction, credentials, paths
+    "job.config": {"job.core"},
+    "job.models": {"job.core"},
+    "job.data": {"job.core", "job.config", "job.models"},
+    "job.stage": {"job.core", "job.config", "job.data"},  # the stage interface
+    "job.training": FOUNDATION,
+    "export": FOUNDATION,
+    "job.metrics": FOUNDATION,
+    "job.kube": FOUNDATION,
+    "job.stages": FOUNDATION | {"job.training", "job.metrics", "export"},  # the stage runner
+    "job.experiments": FOUNDATION | {"job.metrics", "job.stages"},
+    "job.bench": FOUNDATION | {"job.training", "export"},
+    "job.cli": FOUNDATION | {"job.training", "job.metrics", "job.kube", "job.experiments", "job.stages", "job.bench", "export"},
+    "job.__main__": {"job.cli"},
+}
+MAX_TOP_MODULES = 12  # job/'s top holds the CLI, the stage interface and runner, the benchmark; the rest lives in packages
 EXPORT_BASE = {
     "export.modelfile", "export.session", "export.scores", "export.repository", "export.model_config", "export.precision", "export.gate",
     "export.report",
 }  # fmt: skip
 EXPORT_STAGES = ["export.convert", "export.validate", "export.publish", "export.variants"]
-MAY_IMPORT_EXPORT = {"job.cli", "job.stages", "job.bench"}  # the CLI, the stage runner and the benchmark, nothing else in job/
 
 
 @pytest.fixture(scope="module")
@@ -39,38 +46,41 @@ def graph() -> grimp.ImportGraph:
     return grimp.build_graph("job", "export", cache_dir=None)
 
 
+def _unit(module: str) -> str:
+    """The unit a module belongs to: `job.data.archive` -> `job.data`, `job.cli` -> `job.cli`, `export.gate` -> `export`."""
+    parts = module.split(".")
+    return "export" if parts[0] == "export" else ".".join(parts[:2])
+
+
 def _imports(graph: grimp.ImportGraph, module: str) -> set[str]:
     return {m for m in graph.find_modules_directly_imported_by(module) if m not in ("job", "export")}
 
 
-def test_every_module_has_a_place_in_the_layers(graph) -> None:
-    placed = FOUNDATION | TRAINING | SHELL | EXPORT_BASE | set(EXPORT_STAGES)
-    modules = {m for m in graph.modules if m not in ("job", "export")}
-    assert modules - placed == set(), "place the new module in a layer of tests/test_layout.py"
-    assert placed - modules == set(), "a module named here no longer exists"
+def test_every_module_belongs_to_a_unit_with_rules(graph) -> None:
+    units = {_unit(m) for m in graph.modules if m not in ("job", "export")}
+    assert units - MAY_IMPORT.keys() == set(), "give the new package or top-level module its rules in tests/test_layout.py"
 
 
-def test_the_foundation_imports_only_the_foundation(graph) -> None:
-    for module in FOUNDATION:
-        assert _imports(graph, module) <= FOUNDATION, module
+def test_jobs_top_holds_at_most_a_dozen_modules() -> None:
+    top = [p for p in (Path(__file__).resolve().parents[1] / "job").glob("*.py")]
+    assert len(top) <= MAX_TOP_MODULES, sorted(p.name for p in top)
 
 
-def test_training_imports_only_training_and_the_foundation(graph) -> None:
-    for module in TRAINING:
-        assert _imports(graph, module) <= TRAINING | FOUNDATION, module
+def test_every_package_says_what_it_holds_and_may_import(graph) -> None:
+    for package in {m for m in graph.modules if m.count(".") == 1 and m.startswith("job.") and graph.find_children(m)}:
+        doc = importlib.import_module(package).__doc__ or ""
+        assert "May import" in doc, f"{package}/__init__.py: say what it holds and what it may import"
 
 
-def test_only_the_cli_and_the_stage_runner_import_export(graph) -> None:
-    importers = {m for m in graph.modules if m.startswith("job") and any(i.startswith("export") for i in _imports(graph, m))}
-    assert importers <= MAY_IMPORT_EXPORT
-
-
-def test_export_imports_only_the_foundation_of_job(graph) -> None:
-    for module in EXPORT_BASE | set(EXPORT_STAGES):
-        assert {m for m in _imports(graph, module) if m.startswith("job")} <= FOUNDATION, module
+def test_each_unit_imports_only_what_its_rules_allow(graph) -> None:
+    for module in graph.modules - {"job", "export"}:
+        unit = _unit(module)
+        imported = {_unit(m) for m in _imports(graph, module)} - {unit}
+        assert imported <= MAY_IMPORT[unit], f"{module} imports {sorted(imported - MAY_IMPORT[unit])}"
 
 
 def test_export_stages_import_base_modules_and_earlier_stages_only(graph) -> None:
+    assert {m for m in graph.modules if m.startswith("export.")} == EXPORT_BASE | set(EXPORT_STAGES)
     for module in EXPORT_BASE:
         assert {m for m in _imports(graph, module) if m.startswith("export")} <= EXPORT_BASE, module
     for i, stage in enumerate(EXPORT_STAGES):
@@ -85,15 +95,15 @@ def test_there_are_no_import_cycles(graph) -> None:
 
 # Among the metrics modules: declarations <- server, push <- session; the Keras callback imports no job module.
 METRICS_FAMILY = {
-    "job.metrics_callback": set(),
-    "job.metrics": {"job.metrics_callback"},
-    "job.metrics_server": set(),
-    "job.pushgateway": set(),
-    "job.metrics_session": {"job.metrics", "job.metrics_server", "job.pushgateway"},
+    "job.metrics.keras_callback": set(),
+    "job.metrics.series": {"job.metrics.keras_callback"},
+    "job.metrics.server": set(),
+    "job.metrics.pushgateway": set(),
+    "job.metrics.session": {"job.metrics.series", "job.metrics.server", "job.metrics.pushgateway"},
 }
 
 
 def test_metrics_modules_depend_one_way(graph) -> None:
     for module, may_import in METRICS_FAMILY.items():
         assert _imports(graph, module) & METRICS_FAMILY.keys() <= may_import, module
-    assert _imports(graph, "job.metrics_callback") == set()
+    assert _imports(graph, "job.metrics.keras_callback") == set()

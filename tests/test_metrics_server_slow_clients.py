@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from job.metrics_server import CLIENT_TIMEOUT_SECONDS, MAX_ANSWERING, MAX_CONNECTIONS, MetricsServer
+from job.metrics.server import CLIENT_TIMEOUT_SECONDS, MAX_ANSWERING, MAX_CONNECTIONS, MetricsServer
 
 from .test_metrics import free_port
 
@@ -99,7 +99,7 @@ def test_slow_clients_are_closed_by_the_deadline_without_a_thread_each_and_scrap
 
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
-    warnings = [r for r in caplog.records if r.name == "job.metrics_server" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "job.metrics.server" and r.levelno >= logging.WARNING]
     assert 1 <= len(warnings) <= 3, [r.getMessage() for r in warnings]
     for record in warnings:
         assert record.exc_info is None and "\n" not in record.getMessage()

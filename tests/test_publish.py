@@ -20,9 +20,9 @@ from export.modelfile import load_onnx, metadata
 from export.repository import latest, versions
 from export.validate import validate_model
 from job.cli import main
-from job.config import load_config
-from job.data import load_dataset
-from job.paths import RunPaths
+from job.config.settings import load_config
+from job.data.dataset import load_dataset
+from job.core.paths import RunPaths
 
 from .conftest import REAL_ARCHIVE, on_tmpfs
 from .onnx_models import fit_mean_colour, mean_colour_model

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import Config, load_config
-from job.contract import scale
-from job.model import REGISTRY, build_model, initialise, with_test_time_augmentation
-from job.recipes import RECIPES, recipe_names
+from job.config.settings import Config, load_config
+from job.models.contract import scale
+from job.models.registry import REGISTRY, build_model, initialise, with_test_time_augmentation
+from job.config.recipes import RECIPES, recipe_names
 
 pytestmark = pytest.mark.fast
 
@@ -67,7 +67,7 @@ def test_an_unknown_recipe_or_architecture_is_one_line_and_exit_2(args: list[str
 
 
 def test_one_cycle_rises_to_the_peak_then_falls_to_the_end_factor() -> None:
-    from job.schedules import learning_rate_schedule
+    from job.training.schedules import learning_rate_schedule
 
     cfg = load_config(env={}, overrides={"model.name": "airbench", "train.learning_rate": 0.4}).train
     schedule = learning_rate_schedule(cfg, total_steps=1000)
@@ -79,7 +79,7 @@ def test_one_cycle_rises_to_the_peak_then_falls_to_the_end_factor() -> None:
 
 
 def test_the_study_schedule_is_keras_2_time_based_decay() -> None:
-    from job.schedules import learning_rate_schedule
+    from job.training.schedules import learning_rate_schedule
 
     cfg = load_config(env={}).train
     schedule = learning_rate_schedule(cfg, total_steps=10)
@@ -89,7 +89,7 @@ def test_the_study_schedule_is_keras_2_time_based_decay() -> None:
 def test_flip_crop_moves_each_image_by_whole_pixels_with_reflected_borders() -> None:
     import tensorflow as tf
 
-    from job.input_pipeline import augment
+    from job.training.input_pipeline import augment
 
     cfg = load_config(env={}, overrides={"recipe": "best"}).train  # crop_pixels 4
     images = np.random.default_rng(0).random((64, 32, 32, 3)).astype(np.float32)
@@ -111,8 +111,8 @@ def test_flip_crop_moves_each_image_by_whole_pixels_with_reflected_borders() -> 
 
 
 def test_whitening_decorrelates_the_patches_of_the_training_images(real_archive: Path) -> None:
-    from job.data import load_dataset
-    from job.model import CIFAR_MEAN, CIFAR_STD
+    from job.data.dataset import load_dataset
+    from job.models.registry import CIFAR_MEAN, CIFAR_STD
 
     data = load_dataset(load_config(env={}, overrides={"data.source": str(real_archive), "data.checksum": None}).data)
     model = build_model("airbench")

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from export.model_config import config_pbtxt, labels_txt
-from job.errors import ModelFileError
+from job.core.errors import ModelFileError
 
 from .conftest import CLASS_NAMES
 from .onnx_models import mean_colour_model

@@ -24,8 +24,8 @@ from export import publish, repository, variants
 from export.model_config import CONFIG_FILE
 from export.repository import KIND_FILE, MAX_KIND_BYTES, lock_path, versions
 from job.cli import main
-from job.config import load_config
-from job.data import load_dataset
+from job.config.settings import load_config
+from job.data.dataset import load_dataset
 
 from .conftest import REAL_ARCHIVE
 from .onnx_models import fit_mean_colour, mean_colour_model

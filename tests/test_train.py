@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import load_config
-from job.input_pipeline import training_dataset
+from job.config.settings import load_config
+from job.training.input_pipeline import training_dataset
 
 from .conftest import on_tmpfs, train_args
 
@@ -51,7 +51,7 @@ def test_training_writes_weights_history_plots_and_result(trained: Path) -> None
 
 
 def test_best_weights_load_into_the_registered_model(trained: Path) -> None:
-    from job.model import build_model
+    from job.models.registry import build_model
 
     model = build_model("reference_cnn")
     model.load_weights(trained / "best.weights.h5")
@@ -221,9 +221,9 @@ def test_a_loss_that_becomes_nan_fails_training_with_exit_13_and_keeps_the_last_
     """Weights poisoned in epoch 2 stand for a diverging recipe: that epoch is not saved and nothing claims success."""
     import keras
 
-    from job.errors import TrainingDiverged
-    from job.paths import RunPaths
-    from job.train import train_model
+    from job.core.errors import TrainingDiverged
+    from job.core.paths import RunPaths
+    from job.training.train import train_model
 
     run = tmp_path / "run"
     checkpoint = run / "state" / "checkpoint.npz"

@@ -18,11 +18,11 @@ from export.gate import check_gate
 from export.session import open_session
 from export.validate import validate_model
 from job.cli import main
-from job.config import load_config
-from job.contract import scale
-from job.data import load_dataset
-from job.errors import DataError, DeviceUnavailable, GateFailed, ModelFileError
-from job.paths import RunPaths
+from job.config.settings import load_config
+from job.models.contract import scale
+from job.data.dataset import load_dataset
+from job.core.errors import DataError, DeviceUnavailable, GateFailed, ModelFileError
+from job.core.paths import RunPaths
 
 from .conftest import CLASS_NAMES, REAL_SHA256
 from .onnx_models import fit_mean_colour, mean_colour_model, predict_numpy

@@ -23,9 +23,9 @@ from export.modelfile import load_onnx, metadata
 from export.repository import versions
 from export.variants import is_complete
 from job.cli import main
-from job.config import load_config
-from job.data import load_dataset
-from job.paths import RunPaths
+from job.config.settings import load_config
+from job.data.dataset import load_dataset
+from job.core.paths import RunPaths
 
 from .conftest import REAL_ARCHIVE, REAL_SHA256, TRAINED_SLICE
 from .onnx_models import fit_mean_colour, mean_colour_model
