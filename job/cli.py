@@ -6,6 +6,7 @@ Every expected failure (job/core/errors.py) becomes one line on stderr and its e
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import signal
@@ -278,6 +279,31 @@ def run(config: Config) -> None:
 
     with metrics_session(config, "run") as metrics:
         run_stages(config, _prepare(config), metrics, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
+
+
+@main.command("v2-request")
+@click.option("--data", help="CIFAR-10 archive, extracted directory or http(s) URL.  [default: the canonical archive]")
+@click.option("--checksum", help="Expected archive checksum, md5:<hex> or sha256:<hex>, or 'none'.")
+@click.option("--index", type=click.IntRange(0, 9999), default=0, show_default=True, help="Which test image.")
+@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), help="A published <root>/<name>/<version>/model.onnx: print its response too.")
+@click.option("--full", is_flag=True, help="Print every input value (a request file for curl); default: the first few.")
+def v2_request(data: str | None, checksum: str | None, index: int, onnx: Path | None, full: bool) -> None:
+    """Print the KServe V2 (Open Inference Protocol) request for one CIFAR-10 test image, one JSON document a line.
+
+    With --onnx, also the response that model gives (onnxruntime on the same tensor, as Triton and
+    KServe run it). Example: cifar-job v2-request --data cifar-10-python.tar.gz --full > request.json
+    """
+    from export import v2_protocol
+    from job.data.dataset import load_dataset
+
+    given = {"data.source": data, "data.checksum": checksum, "data.test_limit": index + 1, "validate.device": "cpu"}
+    config = load_config(overrides={key: value for key, value in given.items() if value is not None})
+    dataset = load_dataset(config.data)
+    sent = v2_protocol.request(dataset.test_images[index : index + 1])
+    click.echo(f"test image {index} of {dataset.source}: {dataset.class_names[int(dataset.test_labels[index])]}", err=True)
+    click.echo(json.dumps(sent) if full else v2_protocol.shortened(sent))
+    if onnx is not None:
+        click.echo(json.dumps(v2_protocol.response(onnx, sent, config.validate_.device)))
 
 
 main.add_command(k8s)  # the Kubernetes commands, from the module that owns them

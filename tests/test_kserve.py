@@ -17,6 +17,8 @@ from typing import Any
 
 import helm_python as helm
 import jsonschema
+import numpy as np
+import onnx
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -25,8 +27,9 @@ from job.kube import chart
 from job.cli import main
 from job.models.contract import CLASS_COUNT, INPUT_NAME, OUTPUT_NAME
 
+from .conftest import REAL_ARCHIVE, REAL_SHA256
 from .k8s_tools import CHART, ENVIRONMENTS, K8S, ROOT, kube_validate, load_docs
-from .kserve_request import cifar_test_image, shown, v2_request
+from .onnx_models import mean_colour_model, predict_numpy
 from .kserve_schema import inference_service_schema
 
 pytestmark = pytest.mark.fast  # no training, no fuzzing: the tier `bash tests/run.sh -m fast` runs
@@ -144,24 +147,45 @@ def test_plain_manifest_lints_clean() -> None:
     assert done.returncode == 0, done.stdout
 
 
-def _readme_example() -> tuple[dict[str, Any] | str, dict[str, Any]]:
+def _docs_example() -> tuple[dict[str, Any] | str, dict[str, Any]]:
     section = (ROOT / "docs" / "pages" / "kubernetes.md").read_text().split("<!-- kserve-example:start -->")[1].split("<!-- kserve-example:end -->")[0]
     request = re.search(r"^\{\"inputs\".*$", section, flags=re.M).group(0)
     response = json.loads(re.search(r"^\{\"model_name\".*$", section, flags=re.M).group(0))
     return request, response
 
 
-def test_readme_request_is_a_real_test_image_in_the_models_contract() -> None:
-    image, _ = cifar_test_image()
-    request, _ = _readme_example()
-    assert request == shown(v2_request(image)), "regenerate with `.venv/bin/python -m tests.kserve_request`"
-    (tensor,) = v2_request(image)["inputs"]
+def _v2_request(*args: str) -> list[str]:
+    result = CliRunner().invoke(main, ["v2-request", "--data", str(REAL_ARCHIVE), "--checksum", f"sha256:{REAL_SHA256}", *args])
+    assert result.exit_code == 0, result.output
+    assert f"test image 0 of {REAL_ARCHIVE}: cat" in result.stderr.splitlines()
+    return result.stdout.splitlines()
+
+
+def test_docs_request_is_what_v2_request_prints_for_a_real_test_image() -> None:
+    request, _ = _docs_example()
+    assert _v2_request() == [request], "regenerate the docs' example with `cifar-job v2-request`"
+    (tensor,) = json.loads(_v2_request("--full")[0])["inputs"]
     assert tensor["name"] == INPUT_NAME and tensor["shape"] == [1, 32, 32, 3] and len(tensor["data"]) == 32 * 32 * 3
     assert all(0.0 <= v <= 1.0 for v in tensor["data"])
 
 
-def test_readme_response_is_one_row_of_class_probabilities() -> None:
-    _, response = _readme_example()
+def test_v2_request_answers_with_the_published_models_response(tmp_path: Path) -> None:
+    weights, bias = np.eye(3, CLASS_COUNT, dtype=np.float32), np.zeros(CLASS_COUNT, dtype=np.float32)
+    published = tmp_path / "cifar10-cnn" / "7" / "model.onnx"
+    published.parent.mkdir(parents=True)
+    onnx.save(mean_colour_model(weights, bias), published)
+    request, response = _v2_request("--full", "--onnx", str(published))
+    (tensor,) = json.loads(request)["inputs"]
+    image = np.asarray(tensor["data"], dtype=np.float32).reshape(1, 32, 32, 3)
+    answer = json.loads(response)
+    assert (answer["model_name"], answer["model_version"]) == ("cifar10-cnn", "7")
+    probabilities = np.asarray(answer["outputs"][0]["data"])
+    assert abs(probabilities.sum() - 1) < 1e-5
+    assert probabilities.argmax() == predict_numpy((image * 255).round().astype(np.uint8), weights, bias)[0]
+
+
+def test_docs_response_is_one_row_of_class_probabilities() -> None:
+    _, response = _docs_example()
     (output,) = response["outputs"]
     assert output["name"] == OUTPUT_NAME and output["datatype"] == "FP32" and output["shape"] == [1, CLASS_COUNT]
     assert len(output["data"]) == CLASS_COUNT and abs(sum(output["data"]) - 1) < 1e-4
