@@ -1,11 +1,14 @@
 """onnxruntime sessions on a chosen device, and batched prediction: the one way every stage runs a model.
 
 onnxruntime-gpu quietly falls back to the CPU when a CUDA or cuDNN library is missing, so the
-providers a session actually runs are checked, not assumed. No TensorFlow here.
+providers a session actually runs are checked, not assumed. On a machine with no NVIDIA driver at
+all, CUDA is not even tried: onnxruntime would print a block of "Failed to load library" errors
+before falling back, where one line saying the CPU is used is the whole story. No TensorFlow here.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -22,6 +25,16 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+NVIDIA_DRIVER = "libcuda.so.1"  # the driver's user-space library: present wherever a GPU can be used
+
+
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver's library loads: without it no CUDA provider can run."""
+    try:
+        ctypes.CDLL(NVIDIA_DRIVER)
+    except OSError:
+        return False
+    return True
 
 
 
@@ -30,18 +43,20 @@ def open_session(data: bytes, device: str, where: str) -> ort.InferenceSession:
     import onnxruntime as ort
 
     cuda_built = CUDA in ort.get_available_providers()
-    requested = [CUDA, CPU] if device != "cpu" and cuda_built else [CPU]
+    driver = nvidia_driver_present()
+    requested = [CUDA, CPU] if device != "cpu" and cuda_built and driver else [CPU]
     try:
         session = ort.InferenceSession(data, providers=requested)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
         raise ModelFileError(f"model {where}: onnxruntime cannot load it ({str(e).strip().splitlines()[0]})") from None
     running = session.get_providers()
     if device != "cpu" and running[0] != CUDA:
-        reason = (
-            f"{CUDA} is not running (onnxruntime fell back to {running[0]}; its log above names the missing CUDA/cuDNN library)"
-            if cuda_built
-            else f"this onnxruntime build ({ort.__version__}) has no {CUDA}"
-        )
+        if not cuda_built:
+            reason = f"this onnxruntime build ({ort.__version__}) has no {CUDA}"
+        elif not driver:
+            reason = f"no NVIDIA driver on this machine ({NVIDIA_DRIVER} not found)"
+        else:
+            reason = f"{CUDA} is not running (onnxruntime fell back to {running[0]}; its log above names the missing CUDA/cuDNN library)"
         if device == "gpu":
             raise DeviceUnavailable(f"validate.device=gpu: {reason}")
         log.warning("validate.device=auto: %s; validating on the CPU", reason)

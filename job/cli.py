@@ -171,10 +171,6 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--recipe", metavar="NAME", help=f"Named recipe of the architecture ({recipe_summary()}).  [default: its own]")
     @click.option("--data", help="CIFAR-10 archive, extracted directory or http(s) URL.")
     @click.option("--checksum", help="Expected archive checksum, md5:<hex> or sha256:<hex>, or 'none'.")
-    # Numbers are checked with the config, so a bad one gets the same one-line error as in a file.
-    @click.option("--epochs", metavar="INTEGER", help="Maximum epochs.  [default: 75]")
-    @click.option("--batch-size", metavar="INTEGER", help="Global batch size.  [default: 32]")
-    @click.option("--seed", metavar="INTEGER", help="Training seed.  [default: 42]")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set train.patience=3 (repeatable).")
     @functools.wraps(command)
     def wrapper(config_file: Path | None, sets: tuple[str, ...], **kwargs: Any) -> Any:
@@ -184,6 +180,22 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         return command(config=load_config(config_file, overrides=overrides), **kwargs)
 
     return wrapper
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The shortcuts for training settings, on the commands that train (put it above `config_options`).
+
+    Numbers are checked with the config, so a bad one gets the same one-line error as in a file.
+    """
+    for option in reversed(
+        [
+            click.option("--epochs", metavar="INTEGER", help="Maximum epochs.  [default: 75]"),
+            click.option("--batch-size", metavar="INTEGER", help="Global batch size.  [default: 32]"),
+            click.option("--seed", metavar="INTEGER", help="Training seed.  [default: 42]"),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 def _prepare(config: Config) -> RunPaths:
@@ -210,11 +222,16 @@ def _run_one(config: Config, name: str) -> None:
 
 @main.command()
 @_device_option("train_device", "training")
+@training_options
 @config_options
 def train(config: Config) -> None:
     """Train the model; keep the best weights, history and plots in the run directory.
 
     Rerun with the same --out to resume from the last complete epoch.
+
+    \b
+    Example:
+      cifar-job train --recipe fast --out runs/fast --data cifar-10-python.tar.gz
     """
     _run_one(config, "train")
 
@@ -227,7 +244,12 @@ def data() -> None:
 @data.command("verify")
 @config_options
 def data_verify(config: Config) -> None:
-    """Load and verify a source; print counts per split and class and the checksum."""
+    """Load and verify a source; print counts per split and class and the checksum.
+
+    \b
+    Example:
+      cifar-job data verify --data cifar-10-python.tar.gz --checksum md5:c58f30108f718f92721af3b95e74349a
+    """
     from job.data.dataset import load_dataset
 
     dataset = load_dataset(config.data)
@@ -239,7 +261,12 @@ def data_verify(config: Config) -> None:
 @main.command("export")
 @config_options
 def export_command(config: Config) -> None:
-    """Convert the best weights to ONNX (model.onnx) and prove it matches Keras on real images."""
+    """Convert the best weights to ONNX (model.onnx) and prove it matches Keras on real images.
+
+    \b
+    Example:
+      cifar-job export --out runs/fast --data cifar-10-python.tar.gz
+    """
     _run_one(config, "export")
 
 
@@ -247,7 +274,12 @@ def export_command(config: Config) -> None:
 @_device_option("validate_device", "onnxruntime")
 @config_options
 def validate(config: Config) -> None:
-    """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate."""
+    """Measure model.onnx on the test set with onnxruntime; write metrics.json, the model card and plot; apply the gate.
+
+    \b
+    Example:
+      cifar-job validate --out runs/fast --data cifar-10-python.tar.gz --device cpu
+    """
     _run_one(config, "validate")
 
 
@@ -255,7 +287,12 @@ def validate(config: Config) -> None:
 @_device_option("validate_device", "onnxruntime")
 @config_options
 def publish(config: Config) -> None:
-    """Measure the run's model.onnx again and publish it as the next version under publish.root, if it passes the gate."""
+    """Measure the run's model.onnx again and publish it as the next version under publish.root, if it passes the gate.
+
+    \b
+    Example:
+      cifar-job publish --out runs/fast --data cifar-10-python.tar.gz --set publish.root=/srv/models
+    """
     _run_one(config, "publish")
 
 
@@ -263,17 +300,27 @@ def publish(config: Config) -> None:
 @_device_option("validate_device", "onnxruntime")
 @config_options
 def variants(config: Config) -> None:
-    """Make the INT8 and FP16 variants of the published model; publish each that passes its own gate (variants.*)."""
+    """Make the INT8 and FP16 variants of the published model; publish each that passes its own gate (variants.*).
+
+    \b
+    Example:
+      cifar-job variants --out runs/fast --data cifar-10-python.tar.gz --set variants.enabled=int8
+    """
     _run_one(config, "variants")
 
 
 @main.command()
 @_device_option("device", "training and onnxruntime")
+@training_options
 @config_options
 def run(config: Config) -> None:
     """Train, export, validate and publish in one go (the container's default).
 
     Rerun with the same --out to resume at the first incomplete stage.
+
+    \b
+    Example:
+      cifar-job run --recipe smoke --out runs/smoke --data cifar-10-python.tar.gz
     """
     from job.stages import run_stages
 

@@ -21,7 +21,7 @@ REAL_SHA256 = "bacb65a76d54dccc7e298ac217f75c31f4cce42077e544942e9f82f296a5caf7"
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 # The one small training the tests share (training, export): 2 epochs on 1,000 of the real images.
-TRAINED_SLICE = ["--epochs", "2", "--set", "data.train_limit=1000", "--set", "data.test_limit=100", "--set", "train.augment=false"]
+TRAINED_SLICE = ["--set", "train.epochs=2", "--set", "data.train_limit=1000", "--set", "data.test_limit=100", "--set", "train.augment=false"]
 
 
 def train_args(out: Path, *extra: str) -> list[str]:

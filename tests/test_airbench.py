@@ -22,7 +22,7 @@ from .test_recipes import views
 
 def test_airbench_trains_and_exports_its_test_timeviews_inside_the_onnx_graph(real_archive: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    slice_ = ["--set", "model.name=airbench", "--epochs", "1", "--batch-size", "128", "--set", "data.train_limit=1000", "--set", "export.parity_images=200"]
+    slice_ = ["--set", "model.name=airbench", "--set", "train.epochs=1", "--set", "train.batch_size=128", "--set", "data.train_limit=1000", "--set", "export.parity_images=200"]
     assert CliRunner().invoke(main, train_args(out, *slice_)).exit_code == 0
     export = CliRunner().invoke(main, ["export", *train_args(out, *slice_)[1:]])
     assert export.exit_code == 0, export.output

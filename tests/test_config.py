@@ -53,7 +53,7 @@ def test_unknown_config_key_names_key_file_and_choices(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _invoke(["train", "--config", str(file), "--out", str(out)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"cifar-job: error: config key train.epoch (from {file}): unknown key; expected one of: epochs, ")
+    assert result.stderr.startswith(f"cifar-job: error: config key train.epoch (from {file}): unknown key; did you mean epochs? expected one of: epochs, ")
     assert result.stderr.count("\n") == 1
     assert not out.exists()
 
@@ -196,7 +196,7 @@ HOSTILE_FILES = {
     "long job_name": (f"metrics: {{job_name: {'j' * 129}}}\n", "config key metrics.job_name (from FILE): string should match pattern"),
     "bad metrics address": ("metrics: {address: 'http://0.0.0.0:80'}\n", "config key metrics.address (from FILE): expected an IP address or a host name"),
     "huge unknown key": ("train:\n  ? " + "k" * 4000 + "\n  : 1\n", "config key 'train." + "k" * 70 + "... (from FILE): unknown key;"),
-    "internal section name": ("validate_: {device: cpu}\n", "config key validate_ (from FILE): unknown key; expected one of: out, recipe, data,"),
+    "internal section name": ("validate_: {device: cpu}\n", "config key validate_ (from FILE): unknown key; did you mean validate? expected one of: out, recipe, data,"),
     "bad value echoed in part": (f"data: {{checksum: md5:{'0' * 4000}}}\n", "got 'md5:" + "0" * 72 + "..."),
     "sequence of sections": ("- train\n", "expected a mapping of sections, got list"),
 }

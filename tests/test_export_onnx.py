@@ -130,7 +130,7 @@ def test_export_needs_a_finished_training(real_archive: Path, tmp_path: Path) ->
 
 def test_export_refuses_a_config_the_weights_were_not_trained_with(copy: Path, real_archive: Path) -> None:
     before = (copy / "model.onnx").read_bytes()
-    result = CliRunner().invoke(main, _args("export", real_archive, copy, "--seed", "7"))
+    result = CliRunner().invoke(main, _args("export", real_archive, copy, "--set", "train.seed=7"))
     assert result.exit_code == 2
     assert "trained with a different training config" in result.stderr
     assert (copy / "model.onnx").read_bytes() == before

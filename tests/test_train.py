@@ -36,7 +36,7 @@ def test_training_writes_weights_history_plots_and_result(trained: Path) -> None
     assert history[1]["learning_rate"] < history[0]["learning_rate"] < 0.01  # time-based decay per step
     csv_lines = (trained / "history.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,") and len(csv_lines) == 3
-    for plot in ("loss", "accuracy"):
+    for plot in ("loss", "accuracy", "learning_rate"):
         assert (trained / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     result = json.loads((trained / "train.json").read_text())
@@ -117,7 +117,7 @@ def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(real_archi
     command = _cli("train", "--data", str(real_archive), "--out", str(preempted), *args)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = preempted / "history.json"
-    first_epoch_done = preempted / "plots" / "accuracy.png"  # the last file an epoch's end writes
+    first_epoch_done = preempted / "plots" / "learning_rate.png"  # the last file an epoch's end writes
     deadline = time.monotonic() + 300
     while not first_epoch_done.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -14,6 +14,7 @@ a short excerpt of any input.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import ipaddress
@@ -606,7 +607,7 @@ def _describe(error: ValidationError, sources: Mapping[str, str]) -> str:
     key = ".".join(str(p) for p in loc)
     where = f"config key {label(key)} (from {sources.get(key) or sources.get(key.split('.')[0], 'defaults')})"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key; expected one of: {_known_keys(loc)}"
+        return f"{where}: unknown key; {_known_keys(loc)}"
     message = first["msg"][:1].lower() + first["msg"][1:]  # lower the first letter only: patterns keep their case
     if first["type"] == "conflict":
         return f"{where}: {message}"
@@ -614,10 +615,14 @@ def _describe(error: ValidationError, sources: Mapping[str, str]) -> str:
 
 
 def _known_keys(loc: tuple[Any, ...]) -> str:
+    """`did you mean X? ` for a near miss, then every key valid in that place."""
     if len(loc) == 1:
-        return ", ".join([*TOP_LEVEL_KEYS, *SECTION_NAMES])
-    section = SECTIONS.get(loc[0]) or SECTIONS.get(f"{loc[0]}_")
-    return ", ".join(section.model_fields) if section else "?"
+        known = [*TOP_LEVEL_KEYS, *SECTION_NAMES]
+    else:
+        section = SECTIONS.get(loc[0]) or SECTIONS.get(f"{loc[0]}_")
+        known = list(section.model_fields) if section else []
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return (f"did you mean {close[0]}? " if close else "") + "expected one of: " + (", ".join(known) or "?")
 
 
 def reference_markdown() -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from job.core.atomic import atomic_path, atomic_write
 from job.core.paths import RunPaths
 
-PLOTS = {"loss": "Loss (categorical cross-entropy)", "accuracy": "Accuracy"}
+PLOTS = {"loss": "Loss (categorical cross-entropy)", "accuracy": "Accuracy", "learning_rate": "Learning rate (at the epoch's end)"}
 
 
 def write_history(history: list[dict[str, Any]], paths: RunPaths) -> None:
@@ -27,16 +27,20 @@ def write_history(history: list[dict[str, Any]], paths: RunPaths) -> None:
 
 
 def _plot(history: list[dict[str, Any]], metric: str, title: str, paths: RunPaths) -> None:
+    """One metric per epoch, train against validation where both exist; epochs are whole numbers on the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
     ax.plot(epochs, [row[metric] for row in history], marker="o", label="train")
-    ax.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label="validation")
+    if f"val_{metric}" in history[0]:
+        ax.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label="validation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     best = min(history, key=lambda row: row["val_loss"])["epoch"]
     ax.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
     ax.set(title=title, xlabel="epoch", ylabel=metric)
