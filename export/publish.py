@@ -9,6 +9,11 @@ derived from the graph (export/model_config.py) and rewritten on every publish, 
 `publish_measured` is the one way a measured model enters the repository; the variants stage
 publishes through it too, each model under the `Kind` its directory records (export/repository.py),
 so a run can never publish into a directory that holds another run's model or variant.
+
+A version describes itself: beside model.onnx, metadata.json carries a machine-readable signature
+read from the graph (MLflow's tensor specs, plus the contract's pixel layout, channels and
+scaling, and the class names in output order), and model_card.md is the run's model card made
+from what publish just measured (export/report.py); all three enter in one staged rename.
 """
 
 from __future__ import annotations
@@ -23,15 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export import repository
+from export import report, repository
 from export.gate import GateResult, judge
 from export.model_config import CONFIG_FILE, LABELS_FILE, config_pbtxt, labels_txt
 from export.modelfile import file_digest, load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_of
-from export.repository import MODEL_FILE, SIDECAR, Kind
+from export.repository import MODEL_CARD, MODEL_FILE, SIDECAR, Kind
 from export.scores import Measurement, measure, test_set_record
 from job.core.atomic import atomic_write, storage_errors
 from job.config.settings import Config
-from job.models.contract import INPUT_NAME, OUTPUT_NAME
+from job.models.contract import CHANNELS, PIXEL_LAYOUT, SCALING
 from job.data.dataset import CifarData, load_dataset
 from job.core.errors import ConfigError
 from job.core.paths import RunPaths
@@ -40,7 +45,7 @@ from job.stage import Stage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: metrics measured by publish itself, with the test set they were measured on
+SCHEMA_VERSION = 3  # 2: metrics measured by publish itself, with their test set; 3: the signature as tensor specs read from the graph
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,11 @@ def publish_measured(
     test_set: dict[str, Any],
     judge_now: Callable[[Path], GateResult],
     began: float,
-    extra: Mapping[str, Any] | None = None,
+    variant: Mapping[str, Any] | None = None,
 ) -> PublishResult:
     """Under the lock, in the model directory of `kind` (holding that kind, or not there yet): reuse the version this
     model already has, or judge the gate now and publish the next one; then (re)write the model-level files.
-    `extra` joins the sidecar (a variant's provenance and parity)."""
+    `variant` (a variant's provenance and parity) joins the sidecar as `variant` and heads the model card."""
     model_dir = config.publish.root / kind.directory
     files = _model_files(config, model, model_dir.name, measured.class_names, str(model_dir))
     with repository.locked(model_dir):
@@ -100,7 +105,7 @@ def publish_measured(
         version = repository.version_of(model_dir, measured.model_sha256)
         newly = version is None
         if newly:
-            version, version_files = _new_version(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), extra or {})
+            version, version_files = _new_version(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), variant)
             repository.add_version(model_dir, kind, version, version_files, files)
         else:
             repository.write_model_files(model_dir, files)
@@ -142,7 +147,7 @@ def check_model_dir(config: Config, kind: Kind) -> None:
 
 def _new_version(
     config: Config, paths: RunPaths, measured: Measurement, test_set: dict[str, Any], model: Any, model_dir: Path, gate: GateResult,
-    extra: Mapping[str, Any],
+    variant: Mapping[str, Any] | None,
 ) -> tuple[int, dict[str, bytes]]:
     """Enforce the gate judged against what is published now, then the next version's number and files; call under the lock."""
     gate.enforce("nothing published")
@@ -151,8 +156,24 @@ def _new_version(
     headline = _test_metrics(measured, test_set)
     set_metadata(model, {"test_metrics": json.dumps(headline)})
     stamped = model.SerializeToString()
-    sidecar = {**_sidecar(model_dir.name, paths, measured, headline, gate, version, stamped, provenance), **extra}
-    return version, {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode()}
+    sidecar = _sidecar(model_dir.name, paths, measured, headline, gate, version, stamped, model)
+    if variant:
+        sidecar["variant"] = variant
+    card = _model_card(config, paths, measured, test_set, gate, provenance, sidecar)
+    return version, {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode(), MODEL_CARD: card}
+
+
+def _model_card(
+    config: Config, paths: RunPaths, measured: Measurement, test_set: dict[str, Any], gate: GateResult, meta: dict[str, str],
+    sidecar: dict[str, Any],
+) -> bytes:
+    """The run's model card, made from what publish measured and judged, naming the file beside it (the stamped model, as
+    the sidecar does); a variant's is headed by what it is."""
+    document = report.metrics_document(measured, test_set, gate, meta)
+    document["model"]["sha256"] = sidecar["sha256"]
+    variant = sidecar.get("variant")
+    header = report.variant_header(variant, measured.accuracy) if variant else ""
+    return report.model_card(document, meta, report.lineage(config, paths, meta), header=header).encode()
 
 
 def _test_metrics(measured: Measurement, test_set: dict[str, Any]) -> dict[str, Any]:
@@ -170,9 +191,11 @@ def _test_metrics(measured: Measurement, test_set: dict[str, Any]) -> dict[str, 
 
 
 def _sidecar(
-    name: str, paths: RunPaths, measured: Measurement, headline: dict[str, Any], gate: GateResult, version: int, blob: bytes, meta: dict[str, str]
+    name: str, paths: RunPaths, measured: Measurement, headline: dict[str, Any], gate: GateResult, version: int, blob: bytes, model: Any
 ) -> dict[str, Any]:
-    """metadata.json: what a consumer checks (sha256), feeds (signature), expects (metrics) and traces (provenance)."""
+    """metadata.json of `model` (`blob`, serialized): what a consumer checks (sha256), feeds (signature), expects (metrics)
+    and traces (provenance)."""
+    meta = metadata(model)
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -183,10 +206,7 @@ def _sidecar(
         "validated_sha256": measured.model_sha256,
         "published_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "run_dir": str(paths.root.resolve()),
-        "signature": {
-            "input": {"name": INPUT_NAME, "layout": meta.get("input_layout", ""), "scaling": meta.get("input_scaling", "")},
-            "output": {"name": OUTPUT_NAME, "meaning": meta.get("output_meaning", "")},
-        },
+        "signature": signature(model, measured.class_names),
         "class_names": list(measured.class_names),
         "metrics": headline,
         "gate": gate.to_json(),
@@ -195,6 +215,28 @@ def _sidecar(
             "versions": metadata_json(meta, "versions"),
         },
     }
+
+
+def signature(model: Any, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """MLflow's tensor-spec signature read from the graph itself, so it cannot drift from the file served, plus what a
+    graph cannot say: the contract's pixel layout, channel order and scaling, and the class of each output column."""
+    return {
+        "inputs": [_tensor_spec(value) for value in model.graph.input],
+        "outputs": [_tensor_spec(value) for value in model.graph.output],
+        "pixel_layout": PIXEL_LAYOUT,
+        "channels": CHANNELS,
+        "scaling": SCALING,
+        "class_names": list(class_names),
+    }
+
+
+def _tensor_spec(value: Any) -> dict[str, Any]:
+    """One graph input or output: its name, numpy dtype name and shape, -1 for a dynamic dimension (the batch)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    tensor = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+    return {"name": value.name, "type": "tensor", "tensor-spec": {"dtype": tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}}
 
 
 def is_published(config: Config, paths: RunPaths) -> bool:

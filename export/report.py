@@ -2,14 +2,19 @@
 a confusion-matrix plot (for people). Everything is written atomically, metrics.json last: it is
 the completion marker of the validate stage.
 
-The model card describes the model from its own metadata (written at export), so it stays true
-whatever config the validating command was given.
+The model card describes the model from its own metadata (written at export) and claims a recipe
+or how training ended only from a config and a train.json whose training digest is the model's,
+so it stays true whatever config the validating or publishing command was given. Publishing
+writes the same card, from what it measured itself, into each version (export/publish.py); a
+variant's card is its float model's, headed by what the variant is and how it measured.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,16 +22,33 @@ import numpy as np
 from export.gate import GateResult
 from export.modelfile import metadata_json
 from export.scores import Measurement
+from job.config.settings import Config, load_config
 from job.core.atomic import atomic_path, atomic_write
+from job.core.bounded import read_bounded
+from job.core.errors import ModelFileError
 from job.core.paths import RunPaths
+from job.core.records import MAX_RECORD_BYTES, strict_json
+from job.models.contract import CHANNELS, IMAGE_SHAPE
 
 SCHEMA_VERSION = 1
+TRAINING_FIELDS = {"best_epoch": int, "epochs_run": int, "stopped_early": bool, "config_digest": str, "dataset_fingerprint": str}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How the model came to be, as far as records bound to it by its training config digest say."""
+
+    architecture: str | None  # model.name, from the model's own training config
+    recipe: str | None  # None: the config at hand did not train this model
+    training: dict[str, Any] | None  # train.json (TRAINING_FIELDS); None: the run directory holds no record of this training
 
 
 def write_reports(result: Measurement, test_set: dict[str, Any], gate: GateResult, meta: dict[str, str], paths: RunPaths) -> dict[str, Any]:
+    """metrics.json, the card and the plot; the card's recipe comes from config.yaml, which validation records first."""
     document = metrics_document(result, test_set, gate, meta)
     plot_confusion(result, paths)
-    atomic_write(paths.model_card, model_card(document, meta))
+    card = model_card(document, meta, lineage(load_config(paths.config, env={}), paths, meta), plot=paths.confusion_png.name)
+    atomic_write(paths.model_card, card)
     atomic_write(paths.metrics_json, json.dumps(document, indent=2) + "\n")
     return document
 
@@ -69,16 +91,41 @@ def metrics_document(result: Measurement, test_set: dict[str, Any], gate: GateRe
     }
 
 
-def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
-    """A Markdown model card: model, data, recipe, metrics, per-class table, confusion matrix, provenance."""
+def lineage(config: Config, paths: RunPaths, meta: Mapping[str, str]) -> Lineage:
+    """The model's architecture, and its recipe only if `config` trained it (the same training digest)."""
+    digest = meta.get("training_config_digest", "")
+    architecture = metadata_json(meta, "training_config").get("model", {}).get("name")
+    recipe = config.recipe if digest and config.training_digest() == digest else None
+    return Lineage(architecture, recipe, _training_record(paths, meta))
+
+
+def _training_record(paths: RunPaths, meta: Mapping[str, str]) -> dict[str, Any] | None:
+    """train.json if it records the training of this model (its config digest and data set); read strictly."""
+    path, where = paths.train_result, f"record {paths.train_result}"
+    if not path.exists():
+        return None
+    try:
+        record = strict_json(read_bounded(path, MAX_RECORD_BYTES, ModelFileError, where))
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict) or any(type(record.get(key)) is not kind for key, kind in TRAINING_FIELDS.items()):
+        raise ModelFileError(f"{where}: not a record this version of cifar-job wrote ({', '.join(TRAINING_FIELDS)})")
+    bound = (record["config_digest"], record["dataset_fingerprint"]) == (meta.get("training_config_digest"), meta.get("dataset_fingerprint"))
+    return record if bound else None
+
+
+def model_card(doc: dict[str, Any], meta: dict[str, str], about: Lineage, header: str = "", plot: str | None = None) -> str:
+    """A Markdown model card: model, intended use, limitations, data, recipe and how training ended, metrics, per-class
+    table, confusion matrix (and its `plot` beside the card, if any), provenance; `header` (a variant's) follows the title."""
     training = metadata_json(meta, "training_config")
     dataset = metadata_json(meta, "dataset")
     names = doc["class_names"]
     gate = doc["gate"]
     inference = doc["inference"]
     lines = [
-        f"# Model card: {training.get('model', {}).get('name', 'model')} (CIFAR-10)",
+        f"# Model card: {about.architecture or 'model'} (CIFAR-10)",
         "",
+        *([header, ""] if header else []),
         "## Model",
         "",
         f"- Architecture: {meta.get('architecture', 'unknown')}",
@@ -87,6 +134,8 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         f"- Output `{meta.get('output_name', '')}`: {meta.get('output_meaning', '')}",
         f"- Format: ONNX opset {meta.get('onnx_opset', '?')}; sha256 `{doc['model']['sha256']}`",
         "",
+        *_intended_use(names),
+        *_limitations(doc),
         "## Data",
         "",
         f"- Source: `{dataset.get('source', '?')}` (sha256 `{meta.get('dataset_sha256') or 'n/a: directory'}`)",
@@ -98,6 +147,8 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         "",
         "## Training recipe",
         "",
+        *_how_trained(about),
+        "",
         "| setting | value |",
         "| --- | --- |",
         *(f"| {key} | {value} |" for key, value in training.get("train", {}).items()),
@@ -107,10 +158,7 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         "",
         f"- Accuracy: **{doc['accuracy']:.4f}**",
         f"- Weighted F1: **{doc['weighted_f1']:.4f}**; macro F1: {doc['macro_f1']:.4f}",
-        f"- Quality gate: **{'passed' if gate['passed'] else 'failed'}** (accuracy >= {gate['thresholds']['min_accuracy']}, "
-        f"weighted F1 >= {gate['thresholds']['min_weighted_f1']}"
-        + (f", at most {gate['thresholds']['max_regression']} below the published model" if gate["thresholds"]["max_regression"] is not None else "")
-        + ")",
+        f"- Quality gate: **{'passed' if gate['passed'] else 'failed'}** ({_gate_terms(gate['thresholds'])})",
         *(f"  - {failure}" for failure in gate["failures"]),
         "",
         "### Per class",
@@ -130,8 +178,7 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         "| --- |" + " ---: |" * len(names),
         *(f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in zip(names, doc["confusion_matrix"], strict=True)),
         "",
-        "![Confusion matrix](confusion_matrix.png)",
-        "",
+        *([f"![Confusion matrix]({plot})", ""] if plot else []),
         "## Inference",
         "",
         f"- onnxruntime providers: {', '.join(inference['providers'])} (requested: {inference['device']})",
@@ -148,6 +195,70 @@ def model_card(doc: dict[str, Any], meta: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _intended_use(names: list[str]) -> list[str]:
+    """What the model is for: the contract's images of the data set's classes, as a reference, nothing else."""
+    height, width, _ = IMAGE_SHAPE
+    return [
+        "## Intended use",
+        "",
+        f"- Classifying CIFAR-10-like {height}x{width} {CHANNELS} images into its {len(names)} classes: {', '.join(names)}.",
+        "- A reference and teaching model: not for images of other domains, sizes or classes (it still answers with one of "
+        "these classes), and not for decisions about people.",
+        "",
+    ]
+
+
+def _limitations(doc: dict[str, Any]) -> list[str]:
+    """What the numbers do not cover: the one data set they were measured on, per-class differences, untested properties."""
+    data = doc["data"]
+    recall = {name: c["recall"] for name, c in doc["per_class"].items()}
+    worst, best = min(recall, key=recall.__getitem__), max(recall, key=recall.__getitem__)
+    return [
+        "## Limitations",
+        "",
+        f"- Trained and measured only on CIFAR-10: {data['images']} test images of `{data['source']}` "
+        f"(sha256 `{data['sha256'] or 'n/a: directory'}`). The numbers hold for that copy; one whose pixels differ from "
+        "the canonical archive (a rebuild from JPEG copies, say) gives other numbers.",
+        f"- Accuracy differs by class: recall from {recall[worst]:.4f} ({worst}) to {recall[best]:.4f} ({best}); see Per class.",
+        "- No robustness evaluation (noise, blur, other resolutions, distribution shift, adversarial inputs) and no "
+        "fairness evaluation has been done.",
+        "",
+    ]
+
+
+def _how_trained(about: Lineage) -> list[str]:
+    """The recipe, the best epoch and why training stopped, or why the card cannot say."""
+    recipe = (f"- Recipe `{about.recipe}` of model `{about.architecture}`" if about.recipe is not None
+              else f"- Model `{about.architecture or 'unknown'}`; recipe not known (the config at hand did not train this model)")  # fmt: skip
+    record = about.training
+    if record is None:
+        return [recipe, "- Best epoch and stop reason not known: the run directory holds no train.json of this model's training"]
+    stop = "early stopping (validation loss stopped improving for train.patience epochs)" if record["stopped_early"] else "the epoch limit (train.epochs)"
+    return [recipe, f"- Best epoch {record['best_epoch']} of {record['epochs_run']} (lowest validation loss: these weights); stopped by {stop}"]
+
+
+def _gate_terms(thresholds: Mapping[str, Any]) -> str:
+    """The gate's thresholds in words: the float model's floors and regression cap, or a variant's drop from its float model."""
+    if "max_accuracy_drop" in thresholds:
+        return f"accuracy at most {thresholds['max_accuracy_drop']} below the float model's {thresholds['float_accuracy']:.4f}"
+    cap = thresholds["max_regression"]
+    return f"accuracy >= {thresholds['min_accuracy']}, weighted F1 >= {thresholds['min_weighted_f1']}" + (
+        f", at most {cap} below the published model" if cap is not None else ""
+    )
+
+
+def variant_header(variant: Mapping[str, Any], accuracy: float) -> str:
+    """What heads a variant's card: which variant, its own accuracy and agreement, and the float model it derives from."""
+    source, agreement = variant["derived_from"], variant["parity"]
+    return (
+        f"> **{variant['kind'].upper()} variant** of `{source['name']}` version {source['version']} (model.onnx sha256 "
+        f"`{source['sha256']}`). Its own test accuracy {accuracy:.4f} (the float model's {variant['float_accuracy']:.4f}, "
+        f"measured in the same run on the same images); top-1 agreement with the float model {agreement['top1_agreement']:.2%}, "
+        f"largest probability difference {agreement['max_abs_difference']:.2g}. The rest is the float model's card, "
+        "with this variant's own file and test metrics."
+    )
 
 
 def _experiment_section(experiment: dict[str, Any]) -> list[str]:

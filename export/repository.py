@@ -1,4 +1,5 @@
-"""The serving repository on disk: `<root>/<name>/<version>/model.onnx` + `metadata.json` beside `config.pbtxt` and `labels.txt`, as Triton reads it.
+"""The serving repository on disk: `<root>/<name>/<version>/model.onnx` + `metadata.json` + `model_card.md` beside `config.pbtxt`
+and `labels.txt`, as Triton reads it (it loads model.onnx and leaves the version's other files alone).
 
 Versions are directories named by ASCII digits only (what Triton parses as an int64; `²` or
 `٩` are not versions), and whatever the repository holds is read strictly: a version that is
@@ -44,11 +45,14 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 SIDECAR = "metadata.json"
+MODEL_CARD = "model_card.md"
 STAGING_PREFIX = ".staging-"
 LOCK_SUFFIX = ".publish.lock"
 KIND_FILE = ".cifar-job.json"
 MAX_SIDECAR_BYTES = 1 << 20
 MAX_KIND_BYTES = 4096
+
+SIGNATURE_SCHEMA = 3  # the first sidecar schema whose signature is tensor specs (export/publish.py SCHEMA_VERSION)
 
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII digits, no leading zero, fits int64
 
@@ -121,7 +125,7 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def read_sidecar(version_dir: Path) -> dict[str, Any] | None:
-    """The version's metadata.json, checked for what this code relies on; None if it has none."""
+    """The version's metadata.json, checked for what this code relies on and, from schema 3 on, its signature; None if it has none."""
     path = version_dir / SIDECAR
     if not path.exists():
         return None
@@ -135,14 +139,49 @@ def read_sidecar(version_dir: Path) -> dict[str, Any] | None:
         and sidecar.get("version") == int(version_dir.name)
         and isinstance(sidecar.get("validated_sha256"), str)
         and all(_is_score(metrics.get(name)) for name in ("accuracy", "weighted_f1"))
+        and (_schema(sidecar) < SIGNATURE_SCHEMA or _is_signature(sidecar.get("signature")))
     )
     if not valid:
-        raise ModelFileError(f"sidecar {path}: not a metadata.json written by cifar-job (version, validated_sha256, metrics)")
+        raise ModelFileError(f"sidecar {path}: not a metadata.json written by cifar-job (version, validated_sha256, metrics, signature)")
     return sidecar
 
 
 def _is_score(value: Any) -> bool:
     return isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+
+
+def _schema(sidecar: dict[str, Any]) -> int:
+    """The sidecar's schema_version; 0 for one without (the first sidecars), so that old versions stay readable."""
+    schema = sidecar.get("schema_version", 0)
+    return schema if isinstance(schema, int) and not isinstance(schema, bool) else 0
+
+
+def _is_signature(signature: Any) -> bool:
+    """Tensor specs of inputs and outputs, the pixel conventions as text, and the class names, as export/publish.py writes them."""
+    if not isinstance(signature, dict):
+        return False
+    tensors, names = (signature.get("inputs"), signature.get("outputs")), signature.get("class_names")
+    return (
+        all(isinstance(specs, list) and specs and all(map(_is_tensor_spec, specs)) for specs in tensors)
+        and all(isinstance(signature.get(key), str) for key in ("pixel_layout", "channels", "scaling"))
+        and isinstance(names, list)
+        and all(isinstance(name, str) for name in names)
+    )
+
+
+def _is_tensor_spec(spec: Any) -> bool:
+    """`{"name", "type": "tensor", "tensor-spec": {"dtype", "shape"}}`, each dimension a size or -1 (dynamic)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("tensor-spec"), dict):
+        return False
+    tensor = spec["tensor-spec"]
+    shape = tensor.get("shape")
+    return (
+        isinstance(spec.get("name"), str)
+        and spec.get("type") == "tensor"
+        and isinstance(tensor.get("dtype"), str)
+        and isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)
+    )
 
 
 def latest(model_dir: Path) -> dict[str, Any] | None:

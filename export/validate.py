@@ -2,20 +2,27 @@
 
 onnxruntime only, no TensorFlow (a test proves it): a serving team can rerun this with only
 onnxruntime, and the command starts fast. The test set must be the one of the data set the
-model was trained on (its fingerprint is in the model) unless the user allows another.
+model was trained on (its fingerprint is in the model) unless the user allows another. For
+TensorBoard it writes the confusion matrix and the misclassified images with the tensorboard
+package's own protocol buffers, which need no TensorFlow either.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import struct
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from export import report
 from export.gate import GateResult, judge
 from export.modelfile import load_onnx, metadata, read_model, sha256_of
-from export.scores import Measurement, measure, test_set_record
+from export.scores import Measurement, measure_outputs, test_set_record
+from job.core.events import write_events
 from job.config.settings import Config
 from job.data.dataset import CifarData, load_dataset
 from job.core.paths import RunPaths
@@ -50,12 +57,13 @@ def validate_model(config: Config, paths: RunPaths, data: CifarData | None = Non
     meta = metadata(load_onnx(blob, where))
     data = data if data is not None else load_dataset(config.data)
     test_set = test_set_record(meta, data, config.validate_.allow_other_test_set, where)
-    measured = measure(blob, data, config.validate_.device, config.validate_.batch_size, where)
+    measured, probabilities = measure_outputs(blob, data, config.validate_.device, config.validate_.batch_size, where)
     gate = judge(measured.scores(), config.gate, config.publish.root / config.publish.model_name)
     fields = {f.name: getattr(measured, f.name) for f in dataclasses.fields(Measurement)}
     result = ValidationResult(**fields, test_set=test_set, gate=gate)
     config.record_in(paths)
     report.write_reports(measured, test_set, gate, meta, paths)
+    _write_tensorboard_images(paths, data, probabilities.argmax(axis=1))  # after the reports: their confusion matrix plot is one of them
     log.info(result.summary())
     return result
 
@@ -72,3 +80,50 @@ STAGE = Stage(
     is_complete=is_validated,
     check=lambda result: result.gate.enforce(),
 )
+
+
+# --- TensorBoard: <out>/tensorboard/test/, one event file replaced by every validation ----------
+
+TEST_EVENTS = "events.out.tfevents.validate"  # TensorBoard reads any file whose name holds "tfevents"
+MISCLASSIFIED, COLUMNS = 36, 6  # at most a 6 x 6 grid
+
+
+def _write_tensorboard_images(paths: RunPaths, data: CifarData, predicted: np.ndarray) -> None:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    wrong = np.flatnonzero(predicted != data.test_labels)
+    images = [_image("confusion_matrix", paths.confusion_png.read_bytes(), "Rows true classes, columns predicted classes.")]
+    if wrong.size:
+        shown = wrong[:MISCLASSIFIED]
+        note = f"The first {shown.size} of {wrong.size} misclassified test images (test set indices {', '.join(map(str, shown))}), titled true → predicted class."
+        images.append(_image("misclassified", _misclassified_png(data, predicted, shown), note))
+    write_events(paths.tensorboard / "test" / TEST_EVENTS, [(0, Summary(value=images))])
+
+
+def _image(tag: str, png: bytes, description: str) -> Any:
+    """A PNG as tf.summary.image writes one: the strings width, height and the encoded image, for the images plugin."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.image.metadata import create_summary_metadata
+    from tensorboard.util.tensor_util import make_tensor_proto
+
+    width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR chunk
+    tensor = make_tensor_proto([str(width).encode(), str(height).encode(), png])
+    return Summary.Value(tag=tag, tensor=tensor, metadata=create_summary_metadata(display_name=tag, description=description))
+
+
+def _misclassified_png(data: CifarData, predicted: np.ndarray, shown: np.ndarray) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rows = -(-shown.size // COLUMNS)
+    fig = Figure(figsize=(9, 1.6 * rows), dpi=100, layout="constrained")
+    for position, index in enumerate(shown, start=1):
+        ax = fig.add_subplot(rows, COLUMNS, position)
+        ax.imshow(data.test_images[index], interpolation="nearest")
+        ax.set_title(f"{data.class_names[data.test_labels[index]]}\n→ {data.class_names[predicted[index]]}", fontsize=8)
+        ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -10,7 +10,8 @@ failed run: the float model stays published, and the variant is not. Each varian
 through export/scores.py exactly like the float model (accuracy, F1, images/s, same test-set
 binding) plus parity against it (largest probability difference, top-1 agreement), and enters
 the repository as `<model_name>-<variant>` through publish's one path (lock, staging, rename,
-config.pbtxt and labels.txt), its directory recording it as that variant of that model; a variant
+config.pbtxt and labels.txt), its directory recording it as that variant of that model, its version
+holding the float model's card headed by what the variant is and how it measured; a variant
 that fails its gate leaves nothing in the repository.
 
 Resuming: variants.json is written last; the stage is complete while it names the run's current
@@ -158,8 +159,8 @@ def _prove_and_publish(
     if not gate.passed:
         log.warning("%s: %s; not published (the float model stays published)", kind.directory, gate.describe())
         return VariantOutcome(**outcome, published=False, version=None, sha256=None)
-    extra = {"variant": {"kind": variant, "derived_from": derived_from, "parity": agreement, "float_accuracy": reference.accuracy}}
-    published = publish_measured(config, paths, kind, candidate, measured, test_set, judge_now=lambda _: gate, began=began, extra=extra)
+    provenance = {"kind": variant, "derived_from": derived_from, "parity": agreement, "float_accuracy": reference.accuracy}
+    published = publish_measured(config, paths, kind, candidate, measured, test_set, judge_now=lambda _: gate, began=began, variant=provenance)
     return VariantOutcome(**outcome, published=True, version=published.version, sha256=published.sha256)
 
 

@@ -78,9 +78,10 @@ def _published(root: Path, version: int) -> Path:
 
 
 def _intact(version_dir: Path) -> bool:
-    """A complete version: both files, and the model's sha256 is the one its sidecar records."""
+    """A complete version: its three files, and the model's sha256 is the one its sidecar records."""
     sidecar = json.loads((version_dir / "metadata.json").read_text())
-    return sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx"] and sidecar["sha256"] == _sha(version_dir / "model.onnx")
+    files = sorted(p.name for p in version_dir.iterdir())
+    return files == ["metadata.json", "model.onnx", "model_card.md"] and sidecar["sha256"] == _sha(version_dir / "model.onnx")
 
 
 def test_publish_writes_the_serving_layout_with_sidecar_and_metrics_in_the_model(runs, tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_publish_writes_the_serving_layout_with_sidecar_and_metrics_in_the_model
     assert sidecar["class_names"] == metrics["class_names"]
     for key in ("accuracy", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"):
         assert sidecar["metrics"][key] == metrics[key], key
-    assert sidecar["gate"]["passed"] and sidecar["signature"]["input"]["name"] == "images"
+    assert sidecar["gate"]["passed"] and sidecar["signature"]["inputs"][0]["name"] == "images"
 
     # The published model is the validated graph with the test metrics stamped into metadata_props.
     validated_model = onnx.load(runs["good"] / "model.onnx")

@@ -296,4 +296,4 @@ def test_a_published_model_file_that_is_a_fifo_is_one_error_line(copied, command
     os.mkfifo(published)
     done = _process(command, copied["good"], root, *NO_GATE, *INT8)
     assert done.returncode == 5, done.stderr
-    assert _error_line(done.stderr) == f"cifar-job: error: model repository {published}: not a regular file"
+    assert _error_line(done.stderr) == f"cifar-job: error: model {published}: not a regular file"

@@ -155,7 +155,7 @@ def test_a_variants_run_killed_midway_leaves_complete_models_and_resumes(copied,
     for variant in ("int8", "fp16"):
         model_dir = root / f"cifar10-cnn-{variant}"
         for version in versions(model_dir):  # a visible version is always whole
-            assert sorted(p.name for p in (model_dir / str(version)).iterdir()) == ["metadata.json", "model.onnx"]
+            assert sorted(p.name for p in (model_dir / str(version)).iterdir()) == ["metadata.json", "model.onnx", "model_card.md"]
         if (model_dir / "config.pbtxt").exists():  # a model-level file is whole or absent
             assert_config_matches_graph((model_dir / "config.pbtxt").read_text(), onnx.load(model_dir / "1" / "model.onnx"), model_dir.name)
     assert not (run / "variants.json").exists()

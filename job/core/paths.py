@@ -26,6 +26,14 @@ class RunPaths:
         return self.root / "best.weights.h5"
 
     @property
+    def best_keras(self) -> Path:  # the best model, architecture and weights, for keras.models.load_model; written when training ends
+        return self.root / "best.keras"
+
+    @property
+    def tensorboard(self) -> Path:  # TensorBoard event files: train/ and validation/ every epoch, test/ by validate
+        return self.root / "tensorboard"
+
+    @property
     def history_json(self) -> Path:
         return self.root / "history.json"
 

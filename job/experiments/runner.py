@@ -52,11 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from job.core.atomic import atomic_write
+from job.core.events import write_events
 from job.core.bounded import open_append, open_regular, read_bounded
 from job.config.settings import Config
 from job.core.errors import NON_RETRYABLE_EXIT_CODES, ConfigError, JobError, ModelFileError, Preempted, one_line
 from job.config.experiment_spec import ExperimentSpec, Trial
-from job.experiments.summary import MAX_MESSAGE, NothingToSelect, TrialFailure, experiment_record, select, summarise, trial_row, write_summary
+from job.experiments.summary import METRICS, MAX_MESSAGE, NothingToSelect, TrialFailure, TrialRow, experiment_record, select, summarise, trial_row, write_summary
 from job.metrics.series import RunMetrics
 from job.metrics.session import TRIAL_ENV, metrics_session
 from job.core.paths import ExperimentPaths, RunPaths
@@ -368,6 +369,7 @@ def finalise(spec: ExperimentSpec, root: Path, report: Report, metrics: RunMetri
     paths = ExperimentPaths(root)
     rows = [trial_row(t, paths, status(t, root) == "completed") for t in spec.trials()]
     summary = summarise(spec, rows)
+    _write_hparams(rows, paths)
     try:
         selection = select(summary)
     except NothingToSelect:
@@ -384,3 +386,23 @@ def finalise(spec: ExperimentSpec, root: Path, report: Report, metrics: RunMetri
         atomic_write(run.experiment, json.dumps(record, indent=1) + "\n")
         run.export_result.unlink(missing_ok=True)
     run_stages(config, run, metrics, report=lambda stage, result: report(f"{stage}: {result.summary()}"))
+
+
+HPARAMS_EVENTS = "events.out.tfevents.hparams"  # TensorBoard reads any file whose name holds "tfevents"
+
+
+def _write_hparams(rows: list[TrialRow], paths: ExperimentPaths) -> None:
+    """Each trial's overrides and best validation figures, for TensorBoard's HParams view over `<experiment>/trials`.
+
+    One event file per trial's tensorboard directory, replaced by every finalisation, so finalising again adds nothing.
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import summary_v2 as hp  # what hparams.api exports, without its Keras callback's TensorFlow import
+
+    names = sorted({name for row in rows for name in row.overrides})
+    experiment = hp.hparams_config_pb(hparams=[hp.HParam(name) for name in names], metrics=[hp.Metric(f"best_{m}") for m in METRICS])
+    for row in rows:
+        values = {name: value if isinstance(value, bool | int | float | str) else json.dumps(value) for name, value in row.overrides.items()}
+        figures = Summary(value=[Summary.Value(tag=f"best_{m}", simple_value=getattr(row, m)) for m in METRICS if getattr(row, m) is not None])
+        summaries = [(0, experiment), (0, hp.hparams_pb(values, trial_id=f"{row.index:04d}")), (row.best_epoch or 0, figures)]
+        write_events(paths.trial(row.index).tensorboard / HPARAMS_EVENTS, summaries)

@@ -6,7 +6,8 @@ the early-stopping state and the history; when validation loss improves it saves
 weights first. A rerun with the same run directory continues from the last complete epoch,
 and since the input pipeline is a pure function of (seed, epoch), a resumed run with
 deterministic ops ends exactly like an uninterrupted one. SIGTERM (preemption) abandons the
-current step and raises `Preempted`.
+current step and raises `Preempted`. Each epoch's history row also goes to TensorBoard, and when
+training ends the best weights are saved once more as a whole Keras model (best.keras).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from job.config.settings import Config
 from job.data.dataset import CifarData, load_dataset
 from job.core.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
 from job.training.history import write_history
+from job.training.tensorboard_scalars import EpochScalars
 from job.models.registry import build_model, initialise
 from job.core.paths import RunPaths
 from job.core.records import Record, parse_record, read_marker
@@ -114,20 +116,23 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         _restore_variables(model, paths)
         log.info("resuming after epoch %d (best val_loss %.4f at epoch %d)", state.epochs_done, state.best_val_loss, state.best_epoch)
 
-    tracker = _EpochTracker(model, state, paths, train_cfg.patience, train_cfg.min_delta)
-    if not state.stopped_early and state.epochs_done < train_cfg.epochs:
-        with _sigterm_raises_preempted(tracker):
-            model.fit(
-                input_pipeline.training_dataset(data.train_images, data.train_labels, train_cfg, state.epochs_done),
-                validation_data=input_pipeline.evaluation_dataset(data.val_images, data.val_labels, train_cfg.batch_size),
-                epochs=train_cfg.epochs,
-                initial_epoch=state.epochs_done,
-                steps_per_epoch=steps,
-                callbacks=[tracker.keras_callback(), *callbacks],
-                shuffle=False,  # the pipeline shuffles, seeded per epoch
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
+    with contextlib.closing(EpochScalars(paths.tensorboard)) as scalars:
+        scalars.write(state.history)  # epochs an earlier process saved but did not log
+        tracker = _EpochTracker(model, state, paths, scalars, train_cfg.patience, train_cfg.min_delta)
+        if not state.stopped_early and state.epochs_done < train_cfg.epochs:
+            with _sigterm_raises_preempted(tracker):
+                model.fit(
+                    input_pipeline.training_dataset(data.train_images, data.train_labels, train_cfg, state.epochs_done),
+                    validation_data=input_pipeline.evaluation_dataset(data.val_images, data.val_labels, train_cfg.batch_size),
+                    epochs=train_cfg.epochs,
+                    initial_epoch=state.epochs_done,
+                    steps_per_epoch=steps,
+                    callbacks=[tracker.keras_callback(), *callbacks],
+                    shuffle=False,  # the pipeline shuffles, seeded per epoch
+                    verbose=1 if sys.stdout.isatty() else 2,
+                )
 
+    _save_best_model(config, paths)
     best = state.history[state.best_epoch - 1]
     result = TrainResult(
         epochs_run=state.epochs_done,
@@ -265,8 +270,8 @@ class _EpochTracker:
     its patience count and its best weights.
     """
 
-    def __init__(self, model: Any, state: TrainState, paths: RunPaths, patience: int, min_delta: float):
-        self.model, self.state, self.paths, self.patience, self.min_delta = model, state, paths, patience, min_delta
+    def __init__(self, model: Any, state: TrainState, paths: RunPaths, scalars: EpochScalars, patience: int, min_delta: float):
+        self.model, self.state, self.paths, self.scalars, self.patience, self.min_delta = model, state, paths, scalars, patience, min_delta
         self.preempted = False
         self.inference_model: Any = None
 
@@ -324,6 +329,7 @@ class _EpochTracker:
         s.epochs_done = epoch + 1
         _save_checkpoint(self.model, s, self.paths)
         write_history(s.history, self.paths)
+        self.scalars.write(s.history)
         if s.stopped_early:
             log.info("early stopping: val_loss has not improved for %d epochs; best epoch %d", s.patience_wait, s.best_epoch)
             self.model.stop_training = True
@@ -331,7 +337,16 @@ class _EpochTracker:
             raise Preempted(f"SIGTERM after epoch {s.epochs_done}; saved, rerun to resume")
 
 
-# HDF5 (under Keras' save_weights) crashes the process when a write fails for lack of space, so
+def _save_best_model(config: Config, paths: RunPaths) -> None:
+    """best.keras: the best weights with the architecture, for whoever loads models with `keras.models.load_model`."""
+    model = build_model(config.model.name)
+    model.load_weights(paths.best_weights)
+    _require_space(paths.best_keras, sum(w.nbytes for w in model.get_weights()))
+    with atomic_path(paths.best_keras, suffix=".keras") as tmp:  # Keras insists on the suffix
+        model.save(tmp)
+
+
+# HDF5 (under Keras' save_weights and save) crashes the process when a write fails for lack of space, so
 # the space is checked before it writes: the weights, plus a margin for HDF5's own structures.
 HDF5_MARGIN_BYTES = 4 << 20
 
