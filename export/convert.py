@@ -11,7 +11,6 @@ needs is stamped in, and Keras and onnxruntime are compared on real images. Only
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,6 @@ from job.core.paths import RunPaths
 from job.core.records import MAX_RECORD_BYTES, Record, read_marker
 from job.stage import Stage
 
-log = logging.getLogger(__name__)
 
 # Ops that only make sense while training; none may reach a serving graph.
 TRAINING_ONLY_OPS = frozenset({"Dropout", "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Multinomial"})
@@ -95,7 +93,6 @@ def export_onnx(config: Config, paths: RunPaths, data: CifarData | None = None) 
     config.record_in(paths)
     atomic_write(paths.onnx, blob)
     atomic_write(paths.export_result, result.to_json())
-    log.info(result.summary())
     return result
 
 

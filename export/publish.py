@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +42,6 @@ from job.core.paths import RunPaths
 from job.core.records import Record, read_marker
 from job.stage import Stage
 
-log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # 2: metrics measured by publish itself, with their test set; 3: the signature as tensor specs read from the graph
 
@@ -79,7 +77,6 @@ def publish_model(config: Config, paths: RunPaths, data: CifarData | None = None
         config, paths, kind, model, measured, test_set, judge_now=lambda published: judge(measured.scores(), config.gate, published), began=began
     )
     atomic_write(paths.publish_result, result.to_json())
-    log.info(result.summary())
     return result
 
 

@@ -9,6 +9,7 @@ before falling back, where one line saying the CPU is used is the whole story. N
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -59,9 +60,15 @@ def open_session(data: bytes, device: str, where: str) -> ort.InferenceSession:
             reason = f"{CUDA} is not running (onnxruntime fell back to {running[0]}; its log above names the missing CUDA/cuDNN library)"
         if device == "gpu":
             raise DeviceUnavailable(f"validate.device=gpu: {reason}")
-        log.warning("validate.device=auto: %s; validating on the CPU", reason)
+        _warn_once(f"validate.device=auto: {reason}; validating on the CPU")
     log.info("onnxruntime %s: execution providers in use: %s", ort.__version__, ", ".join(running))
     return session
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """A run opens several sessions (parity, validation, publishing, variants): the CPU fallback is said once."""
+    log.warning(message)
 
 
 def predict(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[float]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +27,6 @@ from job.data.dataset import CifarData, load_dataset
 from job.core.paths import RunPaths
 from job.core.records import read_marker
 from job.stage import Stage
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,6 @@ def validate_model(config: Config, paths: RunPaths, data: CifarData | None = Non
     config.record_in(paths)
     report.write_reports(measured, test_set, gate, meta, paths)
     _write_tensorboard_images(paths, data, probabilities.argmax(axis=1))  # after the reports: their confusion matrix plot is one of them
-    log.info(result.summary())
     return result
 
 

@@ -121,7 +121,6 @@ def publish_variants(config: Config, paths: RunPaths, data: CifarData | None = N
         duration_s=round(time.monotonic() - began, 3),
     )
     atomic_write(paths.root / MARKER, result.to_json())
-    log.info(result.summary())
     return result
 
 

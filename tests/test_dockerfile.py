@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from .k8s_tools import K8S, ROOT, load_docs
 
@@ -89,6 +90,10 @@ def test_lock_pins_every_dependency_with_hashes_on_one_cuda_major() -> None:
         assert req.specifier.contains(pins[normalise(req.name)]), f"{req.name}=={pins[normalise(req.name)]} breaks {req}"
     cuda = {name for name in pins if name.startswith("nvidia-")}
     assert cuda and all(name.endswith("-cu12") for name in cuda), f"not all CUDA 12: {sorted(cuda)}"
+    # A local `pip install -e .` must resolve the onnxruntime-gpu line the image uses (CUDA 12), not a newer one built for CUDA 13.
+    (onnxruntime,) = [req for req in wanted if normalise(req.name) == "onnxruntime-gpu"]
+    locked = Version(pins["onnxruntime-gpu"])
+    assert not onnxruntime.specifier.contains(f"{locked.major}.{locked.minor + 1}.0"), f"{onnxruntime} admits a release past the image's {locked}"
     # The library directories onnxruntime's CUDA provider is pointed at come from those packages.
     for directory in re.findall(r"site-packages/nvidia/(\w+)/lib", DOCKERFILE):
         assert f"nvidia-{directory.replace('_', '-')}-cu12" in pins, directory

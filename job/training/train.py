@@ -146,7 +146,6 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         dataset_fingerprint=fingerprint,
     )
     atomic_write(paths.train_result, result.to_json())
-    log.info(result.summary())
     return result
 
 
