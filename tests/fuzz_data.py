@@ -18,8 +18,6 @@ import io
 import pickle
 import sys
 import tarfile
-import tempfile
-from pathlib import Path
 
 import atheris
 import numpy as np
@@ -31,6 +29,7 @@ with atheris.instrument_imports(include=["job"]):
     from job.data.safe_pickle import Refused, load_dict
 
 from tests.cifar_bytes import meta, py2_batch
+from tests.fuzzing import fuzz_main
 
 SHAPE = (4, 6)  # the parser's array shape is a parameter: small arrays keep inputs small
 NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
@@ -107,19 +106,5 @@ def _info(name: str, kind: bytes, size: int, fmt: int = tarfile.USTAR_FORMAT) ->
 TARGETS = {"pickle": (pickle_target, pickle_seeds), "archive": (archive_target, archive_seeds)}
 
 
-def main(argv: list[str]) -> None:
-    target, seeds = TARGETS[argv[1]]
-    args = [argv[0], *argv[2:]]
-    corpus = next((Path(a) for a in args[1:] if not a.startswith("-")), None)
-    if corpus is None:
-        corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{argv[1]}-"))
-        args.append(str(corpus))
-    corpus.mkdir(parents=True, exist_ok=True)
-    for i, seed in enumerate(seeds()):
-        (corpus / f"seed-{i}").write_bytes(seed)
-    atheris.Setup(args, target)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    fuzz_main(sys.argv, TARGETS)

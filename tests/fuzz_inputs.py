@@ -33,6 +33,7 @@ with atheris.instrument_imports(include=["job", "yaml"]):
     from job.config.experiment_spec import MAX_TRIALS, ExperimentSpec, load_spec
 
 from tests.test_fuzz_config import SCALARS
+from tests.fuzzing import fuzz_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "cifar-job"
@@ -175,20 +176,5 @@ def values_seeds() -> list[bytes]:
 TARGETS = {"spec": (spec_target, spec_seeds), "values": (values_target, values_seeds)}
 
 
-def main(argv: list[str]) -> None:
-    target, seeds = TARGETS[argv[1]]
-    args = [argv[0], *argv[2:]]
-    corpus = next((Path(a) for a in args[1:] if not a.startswith("-")), None)
-    if corpus is None:
-        corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{argv[1]}-"))
-        args.append(str(corpus))
-    if corpus.is_dir() or not corpus.exists():  # a file is an input to replay, not a corpus
-        corpus.mkdir(parents=True, exist_ok=True)
-        for i, seed in enumerate(seeds()):
-            (corpus / f"seed-{i}").write_bytes(seed)
-    atheris.Setup(args, target)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    fuzz_main(sys.argv, TARGETS)

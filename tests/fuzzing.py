@@ -13,6 +13,8 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +36,24 @@ def run_fuzzer(module: str, seconds: int, workdir: Path, *args: str) -> tuple[in
     findings = [p.name for p in workdir.iterdir() if p.name.startswith(("crash-", "oom-", "timeout-", "leak-"))]
     assert proc.returncode == 0 and not findings, f"{findings} (inputs in {workdir})\n{proc.stderr[-3000:]}"
     return int(re.search(r"stat::number_of_executed_units: (\d+)", proc.stderr).group(1)), proc.stderr
+
+
+def fuzz_main(argv: list[str], targets: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]]) -> None:
+    """A fuzz module's entry point, `python -m MODULE TARGET [libFuzzer flags] [CORPUS]`: seed the corpus, then fuzz.
+
+    A CORPUS that is a file is an input to replay, not a corpus to seed.
+    """
+    import atheris
+
+    target, seeds = targets[argv[1]]
+    args = [argv[0], *argv[2:]]
+    corpus = next((Path(a) for a in args[1:] if not a.startswith("-")), None)
+    if corpus is None:
+        corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{argv[1]}-"))
+        args.append(str(corpus))
+    if corpus.is_dir() or not corpus.exists():
+        corpus.mkdir(parents=True, exist_ok=True)
+        for i, seed in enumerate(seeds()):
+            (corpus / f"seed-{i}").write_bytes(seed)
+    atheris.Setup(args, target)
+    atheris.Fuzz()
