@@ -22,7 +22,7 @@ import numpy as np
 from export.gate import GateResult
 from export.modelfile import metadata_json
 from export.scores import Measurement
-from job.config.settings import Config, load_config
+from job.config.settings import Config
 from job.core.atomic import atomic_path, atomic_write
 from job.core.bounded import read_bounded
 from job.core.errors import ModelFileError
@@ -43,11 +43,13 @@ class Lineage:
     training: dict[str, Any] | None  # train.json (TRAINING_FIELDS); None: the run directory holds no record of this training
 
 
-def write_reports(result: Measurement, test_set: dict[str, Any], gate: GateResult, meta: dict[str, str], paths: RunPaths) -> dict[str, Any]:
-    """metrics.json, the card and the plot; the card's recipe comes from config.yaml, which validation records first."""
+def write_reports(
+    result: Measurement, test_set: dict[str, Any], gate: GateResult, meta: dict[str, str], paths: RunPaths, config: Config
+) -> dict[str, Any]:
+    """metrics.json, the card and the plot; the card names `config`'s recipe only if that config trained the model."""
     document = metrics_document(result, test_set, gate, meta)
     plot_confusion(result, paths)
-    card = model_card(document, meta, lineage(load_config(paths.config, env={}), paths, meta), plot=paths.confusion_png.name)
+    card = model_card(document, meta, lineage(config, paths, meta), plot=paths.confusion_png.name)
     atomic_write(paths.model_card, card)
     atomic_write(paths.metrics_json, json.dumps(document, indent=2) + "\n")
     return document

@@ -59,7 +59,7 @@ def validate_model(config: Config, paths: RunPaths, data: CifarData | None = Non
     fields = {f.name: getattr(measured, f.name) for f in dataclasses.fields(Measurement)}
     result = ValidationResult(**fields, test_set=test_set, gate=gate)
     config.record_in(paths)
-    report.write_reports(measured, test_set, gate, meta, paths)
+    report.write_reports(measured, test_set, gate, meta, paths, config)
     _write_tensorboard_images(paths, data, probabilities.argmax(axis=1))  # after the reports: their confusion matrix plot is one of them
     return result
 

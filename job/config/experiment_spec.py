@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from job.config.settings import Config, excerpt, label, load_config, read_yaml
 from job.core.errors import ConfigError
+from job.core.redact import redact_values
 from job.core.paths import ExperimentPaths
 
 MAX_TRIALS = 1000  # an Indexed Job's completions, and a summary a person can still read
@@ -53,7 +54,7 @@ class _SpecFile(BaseModel):
 class Trial:
     index: int
     group: int  # the grid point
-    overrides: dict[str, Any]  # dotted keys: the grid point, and train.seed, data.folds, data.fold where the spec varies them
+    overrides: dict[str, Any]  # dotted keys: the grid point, and train.seed, data.folds, data.fold where the spec varies them; URLs redacted (records and displays only; `settings` holds the values)
     settings: Config  # validated; `out` is set by `config`
 
     def config(self, root: Path) -> Config:
@@ -112,7 +113,7 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None, flags: Mapping[s
             overrides |= {"train.seed": first_seed + seed} if spec.seeds else {}
             overrides |= {"data.folds": spec.folds, "data.fold": fold} if spec.folds else {}
             settings = load_config(env=env, overrides=flags, base=base, trial=(overrides, f"{where} trial {len(trials)}"))
-            trials.append(Trial(len(trials), group, overrides, settings))
+            trials.append(Trial(len(trials), group, redact_values(overrides), settings))  # overrides are only ever recorded
     return ExperimentSpec(path, spec.name, spec.select, spec.seeds, spec.folds, tuple(trials))
 
 
