@@ -163,7 +163,10 @@ _FLAG_KEYS = {
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the config-layer options and hand the command a validated `Config` as `config`."""
+    """Add the config-layer options and hand the command a validated `Config` as `config`.
+
+    A command on an existing run directory starts from the config recorded there (flags on top).
+    """
 
     @click.option("--config", "config_file", type=click.Path(path_type=Path), envvar="CIFAR_JOB_CONFIG", help="YAML config file.")
     @click.option("--out", type=click.Path(path_type=Path), help="Run directory.  [default: runs/cifar10]")
@@ -177,7 +180,7 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         flags = {name: kwargs.pop(name) for name in list(kwargs) if name in _FLAG_KEYS}
         overrides = {key: value for name, value in flags.items() if value is not None for key in _FLAG_KEYS[name]}  # None: not given
         overrides.update(parse_sets(sets))
-        return command(config=load_config(config_file, overrides=overrides), **kwargs)
+        return command(config=load_config(config_file, overrides=overrides, continue_run=True), **kwargs)
 
     return wrapper
 

@@ -457,3 +457,16 @@ def test_usage_errors_are_one_line_too(args: list[str], expected: str) -> None:
 def test_a_group_without_a_command_still_shows_its_help() -> None:
     result = CliRunner().invoke(main, ["experiment"], prog_name="cifar-job")
     assert result.exit_code == 2 and "Usage: cifar-job experiment" in result.output and "Commands:" in result.output
+
+
+def test_a_run_directory_s_recorded_config_is_the_lowest_layer_and_read_as_strictly_as_a_file(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("out: /elsewhere\ntrain: {epochs: 9, seed: 5}\ndata: {source: /data/cifar.tar.gz}\n")
+    config = load_config(env={"CIFAR_JOB_TRAIN_SEED": "6"}, overrides={"out": str(run), "train.batch_size": 64}, continue_run=True)
+    assert (config.out, config.train.epochs, config.train.seed, config.train.batch_size) == (run, 9, 6, 64)
+    assert config.data.source == "/data/cifar.tar.gz"
+    assert load_config(env={}, overrides={"out": str(run)}).train.epochs == 75  # only the commands that continue a run read it
+    (run / "config.yaml").write_text("train: {epochs: [\n")
+    result = CliRunner().invoke(main, ["export", "--out", str(run)])
+    assert result.exit_code == 2 and result.stderr.startswith("cifar-job: error: recorded config ") and result.stderr.count("\n") == 1

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from export.convert import TRAINING_ONLY_OPS
@@ -160,3 +161,21 @@ def test_export_refuses_data_the_weights_were_not_trained_on(copy: Path, make_ar
 def test_the_model_records_the_fingerprint_of_its_training_data(exported: Path) -> None:
     fingerprint = json.loads((exported / "train.json").read_text())["dataset_fingerprint"]
     assert len(fingerprint) == 64 and metadata(onnx.load(exported / "model.onnx"))["dataset_fingerprint"] == fingerprint
+
+
+def test_stage_commands_on_a_run_directory_start_from_its_recorded_config(copy: Path) -> None:
+    """`validate --out RUN` alone measures on the data RUN recorded (a local file): no download, the same test slice."""
+    result = CliRunner().invoke(main, ["validate", "--out", str(copy), "--device", "cpu", "--set", "gate.min_accuracy=0", "--set", "gate.min_weighted_f1=0"])
+    assert result.exit_code == 0, result.output
+    recorded = yaml.safe_load((copy / "config.yaml").read_text())
+    assert recorded["gate"]["min_accuracy"] == 0 and recorded["data"]["test_limit"] == 100  # flags on top of the record
+    assert json.loads((copy / "metrics.json").read_text())["data"]["images"] == 100
+
+
+def test_a_different_recipe_on_a_run_directory_is_refused_with_one_line(copy: Path) -> None:
+    before = (copy / "config.yaml").read_bytes()
+    result = CliRunner().invoke(main, ["validate", "--out", str(copy), "--recipe", "fast"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("cifar-job: error: config key recipe: 'fast' asked, but run directory ")
+    assert "a different recipe needs a new --out" in result.stderr and result.stderr.count("\n") == 1
+    assert (copy / "config.yaml").read_bytes() == before

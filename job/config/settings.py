@@ -1,6 +1,7 @@
 """One typed config whose defaults are the reference recipe.
 
-Layers, later wins: defaults < YAML file (`--config`) < environment (`CIFAR_JOB_<SECTION>_<KEY>`,
+Layers, later wins: defaults < the run directory's recorded config (`<out>/config.yaml`, for the
+commands that continue a run) < YAML file (`--config`) < environment (`CIFAR_JOB_<SECTION>_<KEY>`,
 e.g. `CIFAR_JOB_TRAIN_EPOCHS=10`) < command-line flags. Every value is validated before any
 work starts; an unknown key, a wrong type or an out-of-range value is a `ConfigError` that
 names the key, where it came from and what was expected.
@@ -423,8 +424,12 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     base: Layer | None = None,
     trial: Layer | None = None,
+    continue_run: bool = False,
 ) -> Config:
     """Merge the layers and validate; `overrides` maps dotted keys (`train.epochs`) to flag values (None: unset).
+
+    With `continue_run`, a run directory that already holds a recorded config starts from it, so
+    `cifar-job validate --out RUN` measures on the data RUN was trained on; see `_recorded_layer`.
 
     An experiment (job/config/experiment_spec.py) gives its base config as `base` (nested, in place of the file)
     and each trial's settings as `trial` (dotted keys) above the command line: a grid point beats `--set`.
@@ -433,6 +438,7 @@ def load_config(
     layers += [(dict(base[0]), base[1])] if base is not None else []
     layers += [(_env_layer(os.environ if env is None else env), "environment"), (_nest(overrides or {}, "command line"), "command line")]
     layers += [(_nest(trial[0], trial[1]), trial[1])] if trial is not None else []
+    layers = ([_recorded_layer(layers)] if continue_run else []) + layers
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for layer, source in [_recipe_layer(layers), *layers]:
@@ -441,6 +447,38 @@ def load_config(
         return Config.model_validate(merged, by_name=False)
     except ValidationError as e:
         raise ConfigError(_describe(e, sources)) from None
+
+
+def _recorded_layer(layers: list[tuple[dict[str, Any], str]]) -> tuple[dict[str, Any], str]:
+    """`<out>/config.yaml` of the run the other layers name, as the lowest of them; empty when there is none.
+
+    The record is a whole config (every key, the recipe's values among them), so a different
+    recipe or architecture on top would silently keep the old recipe's settings: that is refused,
+    as a run directory holds one training. Its `out` is where it was written, not where it is now.
+    """
+    out = Config.model_fields["out"].default
+    for layer, _ in layers:
+        out = layer.get("out", out)
+    if not isinstance(out, (str, Path)) or not RunPaths(Path(out)).config.is_file():
+        return {}, ""
+    file = RunPaths(Path(out)).config
+    source = f"recorded config {label(file)}"
+    recorded = {key: value for key, value in read_yaml(file, "recorded config").items() if key != "out"}
+    asked: dict[str, Any] = {}
+    for layer, layer_source in layers:
+        _merge(asked, {}, layer, layer_source)
+    for key, now, was in [("recipe", asked.get("recipe"), recorded.get("recipe")), ("model.name", _name(asked), _name(recorded))]:
+        if now is not None and now != was:
+            raise ConfigError(
+                f"config key {key}: {excerpt(now)} asked, but run directory {label(out)} was made with {excerpt(was)} "
+                f"({source}); a different {key} needs a new --out"
+            )
+    return recorded, source
+
+
+def _name(settings: Mapping[str, Any]) -> Any:
+    model = settings.get("model")
+    return model.get("name") if isinstance(model, Mapping) else None
 
 
 def _recipe_layer(layers: list[tuple[dict[str, Any], str]]) -> tuple[dict[str, Any], str]:
