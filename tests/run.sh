@@ -42,6 +42,36 @@ if ! kubectl_ok; then
 fi
 export PATH="$PWD/$TOOLS/bin:$PATH"
 
+# Triton Inference Server 2.51 (tests/test_triton.py loads the published repository in it): the
+# tritonserver binary and its Python backend ship inside the nvidia-pytriton 0.7.0 wheel, pinned by
+# the wheel's sha256 and unpacked into $TOOLS/triton (done once: a stamp records the wheel unpacked).
+# The backend's stub embeds the system libpython3.11 and needs numpy < 2 and onnxruntime in an
+# environment of its own, pinned and hashed the same way (onnxruntime as the image pins it).
+declare -A PYTRITON_WHEEL=([x86_64]=21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df
+                           [aarch64]=f99e07ee56fe065337453956afba17d2673e02ec6a632c3de26ce6e7b32a0898)
+TRITON=$TOOLS/triton
+if [ "$(cat "$TRITON/WHEEL_SHA256" 2>/dev/null)" != "${PYTRITON_WHEEL[$arch]}" ]; then
+  rm -rf "$TRITON" && mkdir -p "$TRITON/wheel"
+  .venv/bin/python -m pip download -q --no-deps --only-binary :all: --require-hashes --dest "$TRITON/wheel" \
+    -r /dev/stdin <<< "nvidia-pytriton==0.7.0 --hash=sha256:${PYTRITON_WHEEL[$arch]}"
+  .venv/bin/python -m zipfile -e "$TRITON"/wheel/nvidia_pytriton-0.7.0-*.whl "$TRITON"
+  chmod +x "$TRITON/pytriton/tritonserver/bin/tritonserver" "$TRITON/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub"
+  rm -rf "$TRITON/wheel" && echo "${PYTRITON_WHEEL[$arch]}" > "$TRITON/WHEEL_SHA256"
+fi
+if ! ldconfig -p | grep -q 'libpython3\.11\.so\.1\.0'; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libpython3.11 >/dev/null
+fi
+STUB_ENV=$TOOLS/triton-stub-env
+STUB_REQUIREMENTS="numpy==1.26.4 --hash=sha256:666dbfb6ec68962c033a450943ded891bed2d54e6755e35e5835d63f4f6931d5 --hash=sha256:7ab55401287bfec946ced39700c053796e7cc0e3acbef09993a9ad2adba6ca6e
+onnxruntime==1.26.0 --hash=sha256:11a8df4dcfe9ad5ff0bd71a7571dbed019fabc7594676c89fe8b86ea029c246f --hash=sha256:35c7c7b0ac2e02001d28fab6c9fc24e9abc5e6faa35e6e19c63cecf1406ba89f"
+if [ "$(cat "$STUB_ENV/REQUIREMENTS" 2>/dev/null)" != "$STUB_REQUIREMENTS" ]; then
+  rm -rf "$STUB_ENV"
+  .venv/bin/python -m pip install -q --no-deps --only-binary :all: --require-hashes --target "$STUB_ENV" -r /dev/stdin <<< "$STUB_REQUIREMENTS"
+  echo "$STUB_REQUIREMENTS" > "$STUB_ENV/REQUIREMENTS"
+fi
+
 # One worker per core (pytest-xdist); each test file stays on one worker, so its module and session
 # fixtures (a training, Prometheus, the API emulator) are made once there. `-n 0` runs serially.
 exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"
