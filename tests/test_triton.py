@@ -11,11 +11,11 @@ Needs `bash tests/run.sh` (it installs the server); without it these tests skip,
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,6 @@ import tritonclient.grpc
 import tritonclient.http
 from click.testing import CliRunner
 
-from export.modelfile import metadata
 from export.scores import measure_outputs
 from export.v2_protocol import response as v2_response, shortened
 from job.cli import main
@@ -35,6 +34,7 @@ from job.models.contract import CLASS_COUNT, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAM
 
 from .conftest import CLASS_NAMES, REAL_ARCHIVE, REAL_SHA256, TRAINED_SLICE
 from .onnx_models import fit_mean_colour, mean_colour_model
+from .test_kserve import _docs_example
 from .triton.server import StartFailed, Triton, require_triton, triton
 
 FLOAT = "cifar10-cnn"
@@ -42,7 +42,6 @@ MODELS = (FLOAT, f"{FLOAT}-int8", f"{FLOAT}-fp16")
 NO_GATE = ["--set", "gate.min_accuracy=0", "--set", "gate.min_weighted_f1=0"]
 IMAGES = 32  # real test images sent per request
 ATOL = 1e-5  # the same onnxruntime release on the same file and batch: equal up to float32 rounding
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "pages" / "kubernetes.md"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,8 +51,8 @@ def _installed() -> None:
 
 
 def _cli(command: str, run: Path, root: Path, *extra: str):
-    args = [command, "--data", str(REAL_ARCHIVE), "--checksum", f"sha256:{REAL_SHA256}", "--out", str(run), *TRAINED_SLICE]
-    return CliRunner().invoke(main, [*args, "--set", f"publish.root={root}", *extra])
+    args = [command, "--data", str(REAL_ARCHIVE), "--checksum", f"sha256:{REAL_SHA256}", "--out", str(run), "--set", f"publish.root={root}"]
+    return CliRunner().invoke(main, [*args, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +62,15 @@ def published(trained_run: Path, tmp_path_factory) -> tuple[Path, Path]:
     run, root = shutil.copytree(trained_run, base / "run"), base / "models"
     for command, extra in [("export", []), ("validate", ["--device", "cpu", *NO_GATE]), ("publish", ["--device", "cpu", *NO_GATE]),
                            ("variants", ["--device", "cpu", *NO_GATE, "--set", "variants.max_accuracy_drop=0.1"])]:  # fmt: skip
-        result = _cli(command, run, root, *extra)
+        result = _cli(command, run, root, *TRAINED_SLICE, *extra)
         assert result.exit_code == 0, f"{command}: {result.output}"
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(MODELS)
     return run, root
 
 
 @pytest.fixture(scope="module")
-def served(published: tuple[Path, Path], tmp_path_factory) -> Triton:
+def served(published: tuple[Path, Path], tmp_path_factory) -> Iterator[Triton]:
+    """One server on the published repository for the tests that only ask it."""
     with triton(published[1], tmp_path_factory.mktemp("tritonserver")) as server:
         yield server
 
@@ -82,26 +82,21 @@ def repository(published: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def test_images() -> tuple[np.ndarray, object]:
-    """IMAGES real test images (uint8 NHWC), and the data set they belong to (the trained slice's data, test split cut)."""
+def real_images() -> tuple[np.ndarray, object]:
+    """IMAGES real test images (uint8 NHWC), and the data set whose test split they are."""
     data = load_dataset(load_config(env={}, overrides={"data.source": str(REAL_ARCHIVE), "data.train_limit": 1000, "data.test_limit": IMAGES}).data)
     return data.test_images, data
 
 
 def _validate_probabilities(model: Path, data) -> np.ndarray:
     """What `cifar-job validate` computes for these images: its own onnxruntime session and batching (CPU)."""
-    _, probabilities = measure_outputs(model.read_bytes(), data, "cpu", 256, str(model))
+    _, probabilities = measure_outputs(model.read_bytes(), data, "cpu", load_config(env={}).validate_.batch_size, str(model))
     return probabilities
 
 
-def _http_input(images: np.ndarray) -> tritonclient.http.InferInput:
-    tensor = tritonclient.http.InferInput(INPUT_NAME, [len(images), *IMAGE_SHAPE], "FP32")
-    tensor.set_data_from_numpy(scale(images))
-    return tensor
-
-
-def _grpc_input(images: np.ndarray) -> tritonclient.grpc.InferInput:
-    tensor = tritonclient.grpc.InferInput(INPUT_NAME, [len(images), *IMAGE_SHAPE], "FP32")
+def _input(protocol, images: np.ndarray):
+    """The images as the V2 input tensor, for `protocol` (tritonclient.http or tritonclient.grpc)."""
+    tensor = protocol.InferInput(INPUT_NAME, [len(images), *IMAGE_SHAPE], "FP32")
     tensor.set_data_from_numpy(scale(images))
     return tensor
 
@@ -127,11 +122,11 @@ def test_every_published_model_is_ready_under_strict_model_config(served: Triton
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_http_and_grpc_answer_what_validate_computes(served: Triton, published, test_images, name: str) -> None:
-    images, data = test_images
+def test_http_and_grpc_answer_what_validate_computes(served: Triton, published, real_images, name: str) -> None:
+    images, data = real_images
     expected = _validate_probabilities(published[1] / name / "1" / "model.onnx", data)
-    http = served.http_client().infer(name, [_http_input(images)], outputs=[tritonclient.http.InferRequestedOutput(OUTPUT_NAME)])
-    grpc = served.grpc_client().infer(name, [_grpc_input(images)], outputs=[tritonclient.grpc.InferRequestedOutput(OUTPUT_NAME)], client_timeout=60)
+    http = served.http_client().infer(name, [_input(tritonclient.http, images)], outputs=[tritonclient.http.InferRequestedOutput(OUTPUT_NAME)])
+    grpc = served.grpc_client().infer(name, [_input(tritonclient.grpc, images)], outputs=[tritonclient.grpc.InferRequestedOutput(OUTPUT_NAME)], client_timeout=60)
     for protocol, answer in (("http", http), ("grpc", grpc)):
         probabilities = answer.as_numpy(OUTPUT_NAME)
         assert probabilities.shape == (IMAGES, CLASS_COUNT) and probabilities.dtype == np.float32, protocol
@@ -140,11 +135,11 @@ def test_http_and_grpc_answer_what_validate_computes(served: Triton, published, 
 
 
 @pytest.mark.parametrize("protocol", [tritonclient.http, tritonclient.grpc])
-def test_the_classification_extension_names_classes_from_labels_txt(served: Triton, published, test_images, protocol) -> None:
-    images, data = test_images
+def test_the_classification_extension_names_classes_from_labels_txt(served: Triton, published, real_images, protocol) -> None:
+    images, data = real_images
     top1 = _validate_probabilities(published[1] / FLOAT / "1" / "model.onnx", data).argmax(1)
-    client, tensor = (served.http_client(), _http_input(images)) if protocol is tritonclient.http else (served.grpc_client(), _grpc_input(images))
-    answer = client.infer(FLOAT, [tensor], outputs=[protocol.InferRequestedOutput(OUTPUT_NAME, class_count=3)])
+    client = served.http_client() if protocol is tritonclient.http else served.grpc_client()
+    answer = client.infer(FLOAT, [_input(protocol, images)], outputs=[protocol.InferRequestedOutput(OUTPUT_NAME, class_count=3)])
     rows = answer.as_numpy(OUTPUT_NAME)
     assert rows.shape == (IMAGES, 3)
     for row, expected in zip(rows, top1, strict=True):
@@ -157,17 +152,9 @@ def test_the_classification_extension_names_classes_from_labels_txt(served: Trit
 # --- the docs' KServe V2 example ----------------------------------------------------------------------
 
 
-def _docs_example() -> tuple[str, dict]:
-    section = DOCS.read_text().split("<!-- kserve-example:start -->")[1].split("<!-- kserve-example:end -->")[0]
-    request = re.search(r"^\{\"inputs\".*$", section, flags=re.M).group(0)
-    return request, json.loads(re.search(r"^\{\"model_name\".*$", section, flags=re.M).group(0))
-
-
 def _as_docs_show(answer: dict) -> dict:
-    """A V2 response with its keys in the order the docs show, and floats as the shortest decimals of their float32 values."""
-    outputs = [{"name": o["name"], "shape": o["shape"], "datatype": o["datatype"],
-                "data": [float(np.format_float_positional(np.float32(v), unique=True)) for v in o["data"]]} for o in answer["outputs"]]  # fmt: skip
-    return {"model_name": answer["model_name"], "model_version": answer["model_version"], "outputs": outputs}
+    """A V2 response with each float as the shortest decimals of its float32 value, as the docs show them."""
+    return {**answer, "outputs": [{**o, "data": [float(np.format_float_positional(np.float32(v), unique=True)) for v in o["data"]]} for o in answer["outputs"]]}
 
 
 def _shape(answer: dict) -> dict:
@@ -193,18 +180,22 @@ def test_the_docs_kserve_example_is_what_triton_answers_to_its_request(served: T
     with urllib.request.urlopen(post, timeout=60) as answer:
         triton_said = _as_docs_show(json.loads(answer.read()))
     onnxruntime_said = v2_response(published[1] / FLOAT / "1" / "model.onnx", json.loads(full))
-    assert _shape(triton_said) == _shape(shown_response), f"the docs' response is not Triton's; it answered:\n{json.dumps(triton_said)}"
+    # In Triton's order of keys too: the docs show its answer as it comes.
+    assert json.dumps(_shape(triton_said)) == json.dumps(_shape(shown_response)), f"not the docs' response; Triton answered:\n{json.dumps(triton_said)}"
     assert triton_said == _as_docs_show(onnxruntime_said)
 
 
 # --- the repository as publishing changes it ------------------------------------------------------------
 
 
-def _mean_colour_run(published: tuple[Path, Path], tmp_path: Path, name: str, fitted: bool) -> Path:
-    """A run directory holding a mean-colour model of the CNN's data set: fitted (weak), or always 'airplane'."""
-    data = load_dataset(load_config(env={}, overrides={"data.source": str(REAL_ARCHIVE), "data.train_limit": 1000, "data.test_limit": 100}).data)
-    cnn = metadata(onnx.load(published[0] / "model.onnx"))
-    assert data.fingerprint == cnn["dataset_fingerprint"]  # publish accepts it as trained on the same data
+@pytest.fixture(scope="module")
+def full_data():
+    """The whole real data set: the mean-colour models are fitted and measured on it (10,000 test images)."""
+    return load_dataset(load_config(env={}, overrides={"data.source": str(REAL_ARCHIVE)}).data)
+
+
+def _mean_colour_run(data, tmp_path: Path, name: str, fitted: bool) -> Path:
+    """A run directory holding a mean-colour model (tests/onnx_models.py) of `data`: fitted (weak), or always 'airplane'."""
     weights, bias = fit_mean_colour(data.train_images, data.train_labels) if fitted else (np.zeros((3, 10)), np.eye(10)[0])
     run = tmp_path / name
     run.mkdir()
@@ -212,9 +203,9 @@ def _mean_colour_run(published: tuple[Path, Path], tmp_path: Path, name: str, fi
     return run
 
 
-def test_poll_mode_serves_a_new_version_without_a_restart_and_no_request_fails_meanwhile(published, repository: Path, test_images, tmp_path: Path) -> None:
-    images, data = test_images
-    version2 = _mean_colour_run(published, tmp_path, "v2", fitted=True)
+def test_poll_mode_serves_a_new_version_without_a_restart_and_no_request_fails_meanwhile(repository: Path, real_images, full_data, tmp_path: Path) -> None:
+    images, data = real_images
+    version2 = _mean_colour_run(full_data, tmp_path, "v2", fitted=True)
     expected = {"1": _validate_probabilities(repository / FLOAT / "1" / "model.onnx", data), "2": _validate_probabilities(version2 / "model.onnx", data)}
     assert np.abs(expected["1"] - expected["2"]).max() > 0.01  # the answers tell the versions apart
     answers, failures, stop = [], [], threading.Event()
@@ -223,7 +214,7 @@ def test_poll_mode_serves_a_new_version_without_a_restart_and_no_request_fails_m
         client = server.grpc_client()
         while not stop.is_set():
             try:
-                result = client.infer(FLOAT, [_grpc_input(images)], client_timeout=30)
+                result = client.infer(FLOAT, [_input(tritonclient.grpc, images)], client_timeout=30)
                 answers.append((result.get_response().model_version, result.as_numpy(OUTPUT_NAME)))
             except Exception as failure:  # any failed request is the finding, whatever its type
                 failures.append(repr(failure))
@@ -251,8 +242,8 @@ def test_poll_mode_serves_a_new_version_without_a_restart_and_no_request_fails_m
         np.testing.assert_allclose(probabilities, expected[version], atol=ATOL, err_msg=f"version {version}")
 
 
-def test_after_failed_publishes_and_variants_the_repository_still_loads(published, repository: Path, tmp_path: Path) -> None:
-    worse, weak = _mean_colour_run(published, tmp_path, "worse", fitted=False), _mean_colour_run(published, tmp_path, "weak", fitted=True)
+def test_after_failed_publishes_and_variants_the_repository_still_loads(repository: Path, full_data, tmp_path: Path) -> None:
+    worse, weak = _mean_colour_run(full_data, tmp_path, "worse", fitted=False), _mean_colour_run(full_data, tmp_path, "weak", fitted=True)
     gate_fails = _cli("publish", worse, repository, "--device", "cpu")  # the default gate: accuracy 0.1 is far below it
     assert gate_fails.exit_code == 6 and "quality gate failed" in gate_fails.output, gate_fails.output
     assert _cli("publish", weak, repository, "--device", "cpu", *NO_GATE).exit_code == 0
