@@ -13,21 +13,26 @@ so a run can never publish into a directory that holds another run's model or va
 A version describes itself: beside model.onnx, metadata.json carries a machine-readable signature
 read from the graph (MLflow's tensor specs, plus the contract's pixel layout, channels and
 scaling, and the class names in output order), and model_card.md is the run's model card made
-from what publish just measured (export/report.py); all three enter in one staged rename.
+from what publish just measured (export/report.py); all three enter in one staged rename. With a
+signing key (publish.signing_key) the staged version is signed there too, with a signed record of
+the gate's measurement (export/signing.py): a version is published signed or not at all.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from export import report, repository
+from export import report, repository, signing
 from export.gate import GateResult, judge
 from export.model_config import CONFIG_FILE, LABELS_FILE, config_pbtxt, labels_txt
 from export.modelfile import file_digest, load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_of
@@ -96,14 +101,16 @@ def publish_measured(
     `variant` (a variant's provenance and parity) joins the sidecar as `variant` and heads the model card."""
     model_dir = config.publish.root / kind.directory
     files = _model_files(config, model, model_dir.name, measured.class_names, str(model_dir))
+    signer = signing.signer(config.publish)
     with repository.locked(model_dir):
         repository.check_kind(model_dir, kind)
         repository.check_model_files(model_dir, files)
         version = repository.version_of(model_dir, measured.model_sha256)
         newly = version is None
         if newly:
-            version, version_files = _new_version(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), variant)
-            repository.add_version(model_dir, kind, version, version_files, files)
+            version, version_files, record = _new_version(config, paths, measured, test_set, model, model_dir, judge_now(model_dir), variant)
+            seal = functools.partial(signing.seal, signing=signer, statement=record) if signer is not None else None
+            repository.add_version(model_dir, kind, version, version_files, files, seal=seal)
         else:
             repository.write_model_files(model_dir, files)
 
@@ -140,13 +147,15 @@ def check_model_dir(config: Config, kind: Kind) -> None:
     except OSError as e:
         raise ConfigError(f"config key publish.root: {model_dir} is not a writable directory ({e.strerror})") from None
     repository.check_kind(model_dir, kind)
+    signing.signer(config.publish)  # the signing key and certificates, checked before anything is measured
 
 
 def _new_version(
     config: Config, paths: RunPaths, measured: Measurement, test_set: dict[str, Any], model: Any, model_dir: Path, gate: GateResult,
     variant: Mapping[str, Any] | None,
-) -> tuple[int, dict[str, bytes]]:
-    """Enforce the gate judged against what is published now, then the next version's number and files; call under the lock."""
+) -> tuple[int, dict[str, bytes], dict[str, Any]]:
+    """Enforce the gate judged against what is published now, then the next version's number, its files and the in-toto
+    statement of its gate record; call under the lock."""
     gate.enforce("nothing published")
     version = max(repository.versions(model_dir), default=0) + 1
     provenance = metadata(model)
@@ -157,7 +166,28 @@ def _new_version(
     if variant:
         sidecar["variant"] = variant
     card = _model_card(config, paths, measured, test_set, gate, provenance, sidecar)
-    return version, {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode(), MODEL_CARD: card}
+    record = signing.gate_statement(sidecar["sha256"], _gate_predicate(config, sidecar))
+    return version, {MODEL_FILE: stamped, SIDECAR: (json.dumps(sidecar, indent=2) + "\n").encode(), MODEL_CARD: card}, record
+
+
+def _gate_predicate(config: Config, sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    """What the gate record vouches for: which model, what this code measured on which data, the verdict, and from what."""
+    metrics, provenance = sidecar["metrics"], sidecar["provenance"]
+    return {
+        "model": {"name": sidecar["name"], "version": sidecar["version"], "file": MODEL_FILE, "variant": sidecar.get("variant")},
+        "measurement": {
+            **{key: metrics[key] for key in ("images", "accuracy", "weighted_f1", "macro_f1")},
+            "dataset_fingerprint": metrics["test_set"]["fingerprint"],
+            "dataset_sha256": metrics["test_set"]["sha256"],
+            "training_data": metrics["test_set"]["training_data"],
+            "measured_at": metrics["validated_at"],
+        },
+        "gate": sidecar["gate"],
+        "config_sha256": hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest(),
+        "training_config_digest": provenance["training_config_digest"],
+        "trained_with": provenance["versions"],
+        "measured_with": {package: version(package) for package in ("cifar-job", "onnxruntime-gpu", "onnx")},
+    }
 
 
 def _model_card(

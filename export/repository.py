@@ -31,7 +31,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ from job.core.errors import ModelFileError
 from job.core.records import Record, parse_record
 
 log = logging.getLogger(__name__)
+
+Seal = Callable[[Path], None]  # adds files to a staged version before it is published (export/signing.py signs it)
 
 MODEL_FILE = "model.onnx"
 SIDECAR = "metadata.json"
@@ -257,8 +259,11 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def add_version(model_dir: Path, kind: Kind, version: int, files: dict[str, bytes], model_files: dict[str, bytes]) -> None:
-    """Publish `files` as `version` of `kind`, then (re)write the model-level files; call under `locked`, after `check_kind`.
+def add_version(
+    model_dir: Path, kind: Kind, version: int, files: dict[str, bytes], model_files: dict[str, bytes], seal: Seal | None = None
+) -> None:
+    """Publish `files` (sealed by `seal`) as `version` of `kind`, then (re)write the model-level files; call under `locked`,
+    after `check_kind`.
 
     The model directory is made here, when its first version is ready, never earlier; its record
     comes first, so from then on it says what it holds. The model-level files follow the version's
@@ -273,7 +278,7 @@ def add_version(model_dir: Path, kind: Kind, version: int, files: dict[str, byte
             fsync_dir(model_dir.parent)
     try:
         write_model_files(model_dir, {KIND_FILE: kind.to_json().encode()})
-        write_version(model_dir / str(version), files)
+        write_version(model_dir / str(version), files, seal=seal)
         write_model_files(model_dir, model_files)
     except BaseException:
         if made:
@@ -281,26 +286,33 @@ def add_version(model_dir: Path, kind: Kind, version: int, files: dict[str, byte
         raise
 
 
-def write_version(target: Path, files: dict[str, bytes]) -> None:
-    """Write the files into a staging directory beside `target`, fsync everything, then rename it to `target`.
+def write_version(target: Path, files: dict[str, bytes], seal: Seal | None = None) -> None:
+    """Write the files into a staging directory beside `target`, let `seal` add its own (a signature), fsync everything,
+    then rename it to `target`. Call under `locked`. On any failure (a full disk included) the staging directory is removed.
 
-    Call under `locked`. On any failure (a full disk included) the staging directory is removed.
+    The staged version already has its final name (`.staging-XXXX/<version>`), so whatever `seal` records about the
+    directory names the version it becomes.
     """
     with storage_errors(target):
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
+        staged = staging / target.name
         try:
+            staged.mkdir(mode=0o755)
             for name, data in files.items():
-                with open(staging / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
+                (staged / name).write_bytes(data)
+            if seal is not None:
+                seal(staged)
+            for path in staged.iterdir():
+                with open(path, "rb") as f:
                     os.fsync(f.fileno())
-            os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the server may run as another user
-            fsync_dir(staging)
-            os.rename(staging, target)
+            os.chmod(staged, 0o755)  # whatever the umask; the server may run as another user
+            fsync_dir(staged)
+            os.rename(staged, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         fsync_dir(target.parent)
+        staging.rmdir()
 
 
 def check_model_files(model_dir: Path, names: Iterable[str]) -> None:

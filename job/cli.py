@@ -331,6 +331,32 @@ def run(config: Config) -> None:
         run_stages(config, _prepare(config), metrics, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
 
 
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), help="The publisher's PEM public key (of publish.signing_key).")
+@click.option(
+    "--cert-chain", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CA certificates that a signing certificate must chain to (repeatable), for certificate-based signing.",
+)  # fmt: skip
+def verify(path: Path, public_key: Path | None, cert_chain: tuple[Path, ...]) -> None:
+    """Verify published versions offline before serving them: every file, and the signed record of what the gate measured.
+
+    PATH is a version directory, a model directory (each version) or a repository root (every
+    version of every model). The first version that does not verify ends the command: exit 16.
+
+    \b
+    Example:
+      cifar-job verify /srv/models/cifar10-cnn/3 --public-key publisher.pub.pem
+    """
+    from export.verification import Trust
+    from export.verification import verify as verify_versions
+
+    if (public_key is None) == (not cert_chain):
+        raise click.UsageError("give either --public-key or --cert-chain")
+    for verified in verify_versions(path, Trust(public_key, cert_chain)):
+        click.echo(verified.summary())
+
+
 @main.command("v2-request")
 @click.option("--data", help="CIFAR-10 archive, extracted directory or http(s) URL.  [default: the canonical archive]")
 @click.option("--checksum", help="Expected archive checksum, md5:<hex> or sha256:<hex>, or 'none'.")

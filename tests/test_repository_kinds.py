@@ -179,10 +179,10 @@ def test_a_first_publish_that_fails_midway_removes_the_directory_it_made(copied,
     root = copied["fresh"]
     real = getattr(repository, failing)
 
-    def full(directory: Path, files: dict[str, bytes]) -> None:
+    def full(directory: Path, files: dict[str, bytes], **seal: object) -> None:
         if failing == "write_version" or CONFIG_FILE in files:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
-        real(directory, files)
+        real(directory, files, **seal)
 
     monkeypatch.setattr(repository, failing, full)
     result = _cli("publish", copied["good"], root, *NO_GATE)

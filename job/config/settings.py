@@ -274,6 +274,39 @@ class GateConfig(_Section):
 class PublishConfig(_Section):
     root: Path = Field(Path("models"), description="Serving repository: <root>/<model_name>/<version>/model.onnx.")
     model_name: str = Field("cifar10-cnn", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="Model name in the serving repository.")
+    signing_key: Path | None = Field(
+        None,
+        description="PEM private key (ECDSA P-256, P-384 or P-521) that signs every published version and its gate record "
+        "(OpenSSF model signing); on Kubernetes a Secret mounted as a file. Unset: versions are published unsigned.",
+    )
+    signing_certificate: Path | None = Field(
+        None, description="PEM certificate of signing_key, for certificate-based signing (a private CA); its issuers go in certificate_chain."
+    )
+    certificate_chain: list[Path] = Field(
+        [], description="PEM certificates from the signing certificate's issuer towards the root, carried in each signature. "
+        "In the environment: comma-separated.",
+    )  # fmt: skip
+    require_signature: bool = Field(False, description="Refuse to publish unless signing_key is set (production environments).")
+
+    @field_validator("certificate_chain", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _signing_is_whole(self) -> PublishConfig:
+        if self.require_signature and self.signing_key is None:
+            raise _conflict("require_signature", "true, but no publish.signing_key is set: this environment publishes signed versions only")
+        if self.signing_certificate is not None and self.signing_key is None:
+            raise _conflict("signing_certificate", "set without publish.signing_key, the key it certifies")
+        if self.certificate_chain and self.signing_certificate is None:
+            raise _conflict("certificate_chain", "set without publish.signing_certificate, the certificate it vouches for")
+        return self
+
+
+def _split_commas(value: Any) -> Any:
+    """An environment variable holds text: `a,b` is the list [a, b]."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
 
 class VariantsConfig(_Section):
@@ -295,8 +328,7 @@ class VariantsConfig(_Section):
     @field_validator("enabled", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
-        """An environment variable holds text: `int8,fp16`."""
-        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        return _split_commas(value)  # `int8,fp16`
 
     @field_validator("enabled")
     @classmethod
@@ -449,12 +481,18 @@ def load_config(
         raise ConfigError(_describe(e, sources)) from None
 
 
+RECORDED_KEYS = ("recipe", "data", "model", "train", "export", "validate")
+
+
 def _recorded_layer(layers: list[tuple[dict[str, Any], str]]) -> tuple[dict[str, Any], str]:
     """`<out>/config.yaml` of the run the other layers name, as the lowest of them; empty when there is none.
 
-    The record is a whole config (every key, the recipe's values among them), so a different
-    recipe or architecture on top would silently keep the old recipe's settings: that is refused,
-    as a run directory holds one training. Its `out` is where it was written, not where it is now.
+    Only what the run is comes from it (RECORDED_KEYS: its recipe, data, model, training, export and
+    validation settings); what the operator decides (the gate, where and how to publish, variants'
+    gate, metrics) comes from the command's own layers and defaults, never from a file in a run
+    directory that others may write. The record holds every key, the recipe's values among them, so
+    a different recipe or architecture on top would silently keep the old recipe's settings: that is
+    refused, as a run directory holds one training.
     """
     out = Config.model_fields["out"].default
     for layer, _ in layers:
@@ -463,7 +501,7 @@ def _recorded_layer(layers: list[tuple[dict[str, Any], str]]) -> tuple[dict[str,
         return {}, ""
     file = RunPaths(Path(out)).config
     source = f"recorded config {label(file)}"
-    recorded = {key: value for key, value in read_yaml(file, "recorded config").items() if key != "out"}
+    recorded = {key: value for key, value in read_yaml(file, "recorded config").items() if key in RECORDED_KEYS}
     asked: dict[str, Any] = {}
     for layer, layer_source in layers:
         _merge(asked, {}, layer, layer_source)

@@ -121,6 +121,13 @@ class ClusterServerError(JobError):
     reason = "cluster_server_error"
 
 
+class SignatureInvalid(JobError):
+    """A published version's signature or gate record does not verify: changed, added or removed files, another key, none."""
+
+    exit_code = 16
+    reason = "signature_invalid"
+
+
 class Preempted(BaseException):
     """SIGTERM arrived: finished stages and epochs are saved; rerun to resume.
 
