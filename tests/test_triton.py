@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 import tritonclient.grpc
 import tritonclient.http
 from click.testing import CliRunner
@@ -57,11 +59,16 @@ def _cli(command: str, run: Path, root: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def published(trained_run: Path, tmp_path_factory) -> tuple[Path, Path]:
-    """The session's training, copied, through export -> validate -> publish -> variants: (run, repository root)."""
+    """The session's training, copied, through export -> validate -> publish -> variants, every version signed with a
+    P-256 key made here (its public half beside the repository, `public.pem`): (run, repository root)."""
     base = tmp_path_factory.mktemp("triton")
     run, root = shutil.copytree(trained_run, base / "run"), base / "models"
-    for command, extra in [("export", []), ("validate", ["--device", "cpu", *NO_GATE]), ("publish", ["--device", "cpu", *NO_GATE]),
-                           ("variants", ["--device", "cpu", *NO_GATE, "--set", "variants.max_accuracy_drop=0.1"])]:  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    (base / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (base / "public.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    signed = ["--set", f"publish.signing_key={base / 'key.pem'}"]
+    for command, extra in [("export", []), ("validate", ["--device", "cpu", *NO_GATE]), ("publish", ["--device", "cpu", *NO_GATE, *signed]),
+                           ("variants", ["--device", "cpu", *NO_GATE, *signed, "--set", "variants.max_accuracy_drop=0.1"])]:  # fmt: skip
         result = _cli(command, run, root, *TRAINED_SLICE, *extra)
         assert result.exit_code == 0, f"{command}: {result.output}"
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(MODELS)
@@ -112,7 +119,10 @@ def _all_ready(server: Triton, root: Path) -> None:
 
 
 def test_every_published_model_is_ready_under_strict_model_config(served: Triton, published) -> None:
+    """Signed versions included: the signature and the gate record sit in the version directory, which Triton leaves alone."""
     _, root = published
+    verified = CliRunner().invoke(main, ["verify", str(root), "--public-key", str(root.parent / "public.pem")])
+    assert verified.exit_code == 0 and verified.stdout.count("verified ") == len(MODELS), verified.output
     _all_ready(served, root)
     client = served.http_client()
     for name in MODELS:
