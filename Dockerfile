@@ -33,9 +33,11 @@ ARG VARIANT=gpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
-# Dependencies first, in their own layer: rebuilt only when the lock changes.
+# Dependencies first, in their own layer: rebuilt only when the lock changes. With them, in its own
+# environment, the SBOM generator (cyclonedx-bom, from its own hashed lock), which runs once below.
 COPY .ci/image-requirements.txt /tmp/requirements-gpu.txt
 COPY .ci/image-requirements-cpu.txt /tmp/requirements-cpu.txt
+COPY .ci/sbom-requirements.txt /tmp/requirements-sbom.txt
 # The CA bundle and pip.conf are secrets: mounted for this step only when the build passes them,
 # so a proxy's CA or an index's credentials never reach a layer. Environment variables beat
 # pip.conf, so PIP_CERT points pip at the mounted bundle whatever the config's `cert` says.
@@ -45,18 +47,24 @@ RUN --mount=type=secret,id=ca,target=/run/secrets/ca.crt \
  && if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
  && if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes -r "/tmp/requirements-${VARIANT}.txt"
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes -r "/tmp/requirements-${VARIANT}.txt" \
+ && python -m venv /opt/sbom-tool \
+ && /opt/sbom-tool/bin/pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements-sbom.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY job ./job
 COPY export ./export
 # job/kube/chart links here: the chart is installed into the package with it.
 COPY charts/cifar-job ./charts/cifar-job
-# The project itself, built with the lock's setuptools; then prove the environment is
-# consistent and drop the installer, which the runtime does not need.
+# The project itself, built with the lock's setuptools; then prove the environment is consistent,
+# drop the installer, which the runtime does not need, and write the SBOM: CycloneDX JSON of every
+# Python package in /opt/venv, cifar-job included. The runtime finds it through CIFAR_SBOM and names
+# it, with its sha256, in every model card and sidecar (export/software.py).
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
  && /opt/venv/bin/pip check \
- && /opt/venv/bin/python -m pip uninstall --yes pip
+ && /opt/venv/bin/python -m pip uninstall --yes pip \
+ && mkdir -p /opt/cifar-job \
+ && /opt/sbom-tool/bin/cyclonedx-py environment --output-reproducible --of JSON -o /opt/cifar-job/sbom.cdx.json /opt/venv
 
 FROM ${PYTHON_IMAGE}
 ARG VARIANT=gpu
@@ -67,6 +75,7 @@ LABEL org.opencontainers.image.title="cifar-job" \
 RUN groupadd --system --gid 10001 cifar \
  && useradd --system --uid 10001 --gid cifar --home-dir /home/cifar --create-home --shell /usr/sbin/nologin cifar
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/cifar-job/sbom.cdx.json /opt/cifar-job/sbom.cdx.json
 # onnxruntime's CUDA provider finds the pip-installed CUDA libraries through LD_LIBRARY_PATH
 # (TensorFlow finds the same ones through its RUNPATH); /usr/local/nvidia/lib64 is where GKE
 # mounts the node's driver.
@@ -76,7 +85,8 @@ ENV PATH=/opt/venv/bin:/usr/local/nvidia/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=1 \
-    MPLBACKEND=Agg
+    MPLBACKEND=Agg \
+    CIFAR_SBOM=/opt/cifar-job/sbom.cdx.json
 USER 10001:10001
 WORKDIR /home/cifar
 ENTRYPOINT ["cifar-job"]

@@ -32,7 +32,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from export import report, repository, signing
+from export import report, repository, signing, software
 from export.gate import GateResult, judge
 from export.model_config import CONFIG_FILE, LABELS_FILE, config_pbtxt, labels_txt
 from export.modelfile import file_digest, load_onnx, metadata, metadata_json, read_model, set_metadata, sha256, sha256_of
@@ -187,6 +187,7 @@ def _gate_predicate(config: Config, sidecar: Mapping[str, Any]) -> dict[str, Any
         "training_config_digest": provenance["training_config_digest"],
         "trained_with": provenance["versions"],
         "measured_with": {package: version(package) for package in ("cifar-job", "onnxruntime-gpu", "onnx")},
+        "runtime": provenance["runtime"],  # the image and its SBOM, where known
     }
 
 
@@ -240,6 +241,7 @@ def _sidecar(
         "provenance": {
             **{k: meta.get(k, "") for k in ("architecture", "onnx_opset", "training_config_digest", "dataset_sha256", "dataset_fingerprint", "weights_sha256")},
             "versions": metadata_json(meta, "versions"),
+            "runtime": software.runtime(),
         },
     }
 

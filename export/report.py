@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from export import software
 from export.gate import GateResult
 from export.modelfile import metadata_json
 from export.scores import Measurement
@@ -89,6 +90,7 @@ def metrics_document(result: Measurement, test_set: dict[str, Any], gate: GateRe
             "per_image_latency_ms": float(latencies_ms.sum() / result.images),
         },
         "gate": gate.to_json(),
+        "runtime": software.runtime(),
         "duration_s": result.duration_s,
     }
 
@@ -193,10 +195,18 @@ def model_card(doc: dict[str, Any], meta: dict[str, str], about: Lineage, header
         f"- Weights sha256: `{meta.get('weights_sha256', '')}`",
         f"- Dataset sha256: `{meta.get('dataset_sha256') or 'n/a'}`",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in metadata_json(meta, 'versions').items())}",
+        *_runtime_lines(doc["runtime"]),
         f"- Validated: {doc['validated_at']}",
         "",
     ]
     return "\n".join(lines)
+
+
+def _runtime_lines(runtime: dict[str, Any]) -> list[str]:
+    """The image that measured the model and its SBOM, where known (in the image; see export/software.py)."""
+    image, sbom = runtime["image"], runtime["sbom"]
+    named = f"`{sbom['path']}` ({sbom['format']}, sha256 `{sbom['sha256']}`)" if sbom else "none (not run from the image)"
+    return [f"- Measured in image: `{image}`" if image else "- Measured in image: not known (not run from it, or not named)", f"- Image SBOM: {named}"]
 
 
 def _intended_use(names: list[str]) -> list[str]:

@@ -4,7 +4,8 @@ tests/image/build.sh builds the Dockerfile with buildah (daemonless, chroot isol
 pinned base or, when its registry cannot be reached, a base made with mmdebstrap; passes the
 host's CA bundle and pip.conf as build secrets and checks that no layer holds them; then runs the
 image's entrypoint as uid 10001 on a read-only root with a tmpfs /tmp and a writable /data, doing a
-small `cifar-job run` to a published model. It installs buildah and mmdebstrap with apt if missing.
+small `cifar-job run` to a published model whose sidecar names the image's CycloneDX SBOM by
+its sha256. It installs buildah and mmdebstrap with apt if missing.
 
     bash tests/run.sh -m slow tests/test_image.py          (CIFAR_IMAGE_VARIANT=gpu for the GPU image)
 """
@@ -39,3 +40,4 @@ def test_image_builds_without_baking_secrets_and_runs_read_only_as_uid_10001() -
     assert re.search(r"layers=\d+ checked=[1-9]\d* image-size-bytes=\d+", output)  # every layer of ours was read
     published = re.search(r"^published=(\S+)$", done.stdout, flags=re.M).group(1)
     assert re.search(r"/models/[^/]+/\d+/model\.onnx$", published)
+    assert re.search(r"^sbom-components=[1-9]\d+$", done.stdout, flags=re.M)  # the SBOM, and the sidecar naming it by sha256

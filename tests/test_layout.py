@@ -36,7 +36,7 @@ MAY_IMPORT = {
 MAX_TOP_MODULES = 12  # job/'s top holds the CLI, the stage interface and runner, the benchmark; the rest lives in packages
 EXPORT_BASE = {
     "export.modelfile", "export.session", "export.scores", "export.repository", "export.model_config", "export.precision", "export.gate",
-    "export.report", "export.v2_protocol", "export.signing", "export.verification",
+    "export.report", "export.v2_protocol", "export.signing", "export.verification", "export.software",
 }  # fmt: skip
 EXPORT_STAGES = ["export.convert", "export.validate", "export.publish", "export.variants"]
 

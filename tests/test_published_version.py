@@ -225,3 +225,23 @@ def test_the_trained_cnn_s_card_names_its_recipe_best_epoch_and_why_training_sto
     other = CliRunner().invoke(main, ["publish", *TRAINED_SLICE, *_args(run, tmp_path / "other", *NO_GATE, "--set", "train.seed=7")])
     assert other.exit_code == 0, other.output
     assert "recipe not known (the config at hand did not train this model)" in (tmp_path / "other" / "cifar10-cnn" / "1" / "model_card.md").read_text()
+
+
+def test_a_version_names_the_image_and_the_sbom_it_was_measured_in(runs, tmp_path: Path, monkeypatch) -> None:
+    """In the image, CIFAR_SBOM names its CycloneDX SBOM (Dockerfile) and the chart passes the image in CIFAR_IMAGE."""
+    sbom = tmp_path / "sbom.cdx.json"
+    sbom.write_text('{"bomFormat": "CycloneDX", "components": []}')
+    image = "registry.example/cifar-job@sha256:" + "ab" * 32
+    monkeypatch.setenv("CIFAR_SBOM", str(sbom))
+    monkeypatch.setenv("CIFAR_IMAGE", image)
+    root = tmp_path / "models"
+    assert _invoke("publish", runs["good"], root, *NO_GATE).exit_code == 0
+    runtime = read_sidecar(root / "cifar10-cnn" / "1")["provenance"]["runtime"]
+    assert runtime == {"image": image, "sbom": {"path": str(sbom), "sha256": _sha(sbom), "format": "CycloneDX JSON"}}
+    card = (root / "cifar10-cnn" / "1" / "model_card.md").read_text()
+    assert f"- Measured in image: `{image}`" in card and f"sha256 `{_sha(sbom)}`" in card
+
+    monkeypatch.delenv("CIFAR_IMAGE")
+    sbom.unlink()  # named but gone: the record says there is none rather than guess
+    assert _invoke("publish", runs["worse"], root, *NO_GATE).exit_code == 0
+    assert read_sidecar(root / "cifar10-cnn" / "2")["provenance"]["runtime"] == {"image": None, "sbom": None}

@@ -14,7 +14,7 @@
 #    model. podman/runc cannot run here, so the container is `buildah mount`ed and entered with
 #    unshare (private mount and PID namespaces) + chroot.
 # Needs root, ~8 GB (cpu) or ~25 GB (gpu; vfs stores every layer whole) under IMAGE_WORK.
-# Prints `image-size-bytes=N` and `published=PATH` for tests/test_image.py.
+# Prints `image-size-bytes=N`, `published=PATH` and `sbom-components=N` for tests/test_image.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -118,3 +118,14 @@ model=$(find "$data/models" -name model.onnx -path '*/[0-9]*/model.onnx' | head 
 [ -n "$model" ] || { echo "build.sh: no published model under $data/models" >&2; exit 1; }
 [ "$(stat -c %u "$model")" = 10001 ] || { echo "build.sh: $model is not owned by uid 10001" >&2; exit 1; }
 echo "published=$model"
+# The image's SBOM lists what it runs, and the published sidecar names that very file by its sha256.
+python3 - "$rootfs/opt/cifar-job/sbom.cdx.json" "$(dirname "$model")/metadata.json" <<'PY'
+import hashlib, json, sys
+raw = open(sys.argv[1], "rb").read()
+sbom, runtime = json.loads(raw), json.load(open(sys.argv[2]))["provenance"]["runtime"]
+missing = {"cifar-job", "tensorflow", "onnxruntime-gpu", "model-signing"} - {c["name"] for c in sbom["components"]}
+assert sbom["bomFormat"] == "CycloneDX" and not missing, f"the SBOM lacks {missing}"
+expected = {"path": "/opt/cifar-job/sbom.cdx.json", "sha256": hashlib.sha256(raw).hexdigest(), "format": "CycloneDX JSON"}
+assert runtime["sbom"] == expected, f"the sidecar names {runtime['sbom']}, not the image's SBOM"
+print(f"sbom-components={len(sbom['components'])}")
+PY
