@@ -78,7 +78,7 @@ VARIANTS = {
                                            "maxReplicas": 3, "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"},
                                            "resources": {"requests": {"cpu": "2"}, "limits": {"memory": "4Gi", "nvidia.com/gpu": "1"}}},
                                 "storage": {"create": False, "existingClaim": "models"}}),
-    "prod": lambda: isvc_of(chart.load_values([CHART / "values-prod.yaml"])),
+    "prod": lambda: isvc_of(chart.load_values([CHART / "values-prod.yaml"], ["kserve.enabled=true"])),  # prod sets kserve.verify
 }
 
 

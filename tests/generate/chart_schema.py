@@ -22,6 +22,10 @@ CHART_SETS = {
     "out": "storage.mountPath",
     "data.cache_dir": "storage.mountPath",
     "publish.root": "storage.mountPath",
+    # Files from the Secret signing.secretName: a key in a ConfigMap (or a path to nothing mounted) is refused.
+    "publish.signing_key": "signing.secretName",
+    "publish.signing_certificate": "signing.certificateKey",
+    "publish.certificate_chain": "signing.chainKey",
     "metrics.port": "metrics.port",
     "metrics.address": "the pod layout (0.0.0.0)",
 }

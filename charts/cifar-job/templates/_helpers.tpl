@@ -120,3 +120,15 @@ auth comes from dataAuth and metrics.pushgateway, Secrets mounted as files.
 {{- fail (printf "%s: a URL with credentials, a query or a fragment is refused (it would be stored in the ConfigMap); use dataAuth or metrics.pushgateway with a Secret" .where) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the pods publish signed versions only: config.publish.require_signature, or in an
+experiment its spec's base (which wins over config, as the ConfigMap merges them); else empty.
+*/}}
+{{- define "cifar-job.requireSignature" -}}
+{{- $require := dig "publish" "require_signature" false (.Values.config | default dict) }}
+{{- with .Values.experiment.spec }}
+{{- $require = dig "base" "publish" "require_signature" $require . }}
+{{- end }}
+{{- if $require }}true{{ end }}
+{{- end }}
