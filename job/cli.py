@@ -73,6 +73,7 @@ from job.config.settings import Config, load_config, parse_sets  # noqa: E402
 from job.experiments.cli import experiment  # noqa: E402
 from job.kube.cli import k8s  # noqa: E402
 from job.metrics.session import metrics_session  # noqa: E402
+from job.tracking.session import tracking_session  # noqa: E402
 from job.core.paths import RunPaths  # noqa: E402
 from job.config.recipes import recipe_summary  # noqa: E402
 
@@ -215,12 +216,11 @@ def _device_option(dest: str, what: str) -> Callable[..., Any]:
 
 def _run_one(config: Config, name: str) -> None:
     """One stage as its own command, through the same runner as `run`: metrics session, record, summary, verdict."""
-    from job.stage import StageInputs
-    from job.stages import BY_NAME, run_stage
+    from job.stages import BY_NAME, run_stage, stage_inputs
 
-    with metrics_session(config, name) as metrics:
-        inputs = StageInputs(config, _prepare(config), training_callbacks=lambda: [metrics.keras_callback()])
-        run_stage(BY_NAME[name], inputs, metrics, report=lambda result: click.echo(result.summary()))
+    with metrics_session(config, name) as metrics, tracking_session(config, metrics) as tracking:
+        inputs = stage_inputs(config, _prepare(config), metrics, tracking)
+        run_stage(BY_NAME[name], inputs, metrics, tracking, report=lambda result: click.echo(result.summary()))
 
 
 @main.command()
@@ -327,8 +327,8 @@ def run(config: Config) -> None:
     """
     from job.stages import run_stages
 
-    with metrics_session(config, "run") as metrics:
-        run_stages(config, _prepare(config), metrics, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
+    with metrics_session(config, "run") as metrics, tracking_session(config, metrics) as tracking:
+        run_stages(config, _prepare(config), metrics, tracking, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))
 
 
 @main.command()

@@ -18,6 +18,7 @@ from job.config.settings import Config
 from job.metrics.series import RunMetrics
 from job.core.paths import RunPaths
 from job.stage import Result, Stage, StageInputs
+from job.tracking.session import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,23 @@ def first_incomplete(config: Config, paths: RunPaths) -> Stage | None:
     return next((stage for stage in STAGES if not stage.is_complete(config, paths)), None)
 
 
-def run_stage(stage: Stage, inputs: StageInputs, metrics: RunMetrics, report: Callable[[Result], None]) -> Result:
-    """One stage, timed and recorded by `metrics` and shown by `report`; its verdict is checked after both."""
-    with metrics.stage(stage.name):
+def stage_inputs(config: Config, paths: RunPaths, metrics: RunMetrics, tracking: Tracker) -> StageInputs:
+    """A stage's inputs, whose training callbacks feed both the metrics and the tracking."""
+    return StageInputs(config, paths, training_callbacks=lambda: [metrics.keras_callback(), tracking.keras_callback(paths)])
+
+
+def run_stage(stage: Stage, inputs: StageInputs, metrics: RunMetrics, tracking: Tracker, report: Callable[[Result], None]) -> Result:
+    """One stage, timed and recorded by `metrics` and `tracking` and shown by `report`; its verdict is checked after all three."""
+    with metrics.stage(stage.name), tracking.stage(stage.name, inputs):
         result = stage.run(inputs)
         metrics.record(result)
+        tracking.record(result)
         report(result)
         stage.check(result)
     return result
 
 
-def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics, report: Callable[[str, Result], None]) -> list[Result]:
+def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics, tracking: Tracker, report: Callable[[str, Result], None]) -> list[Result]:
     """Run from the first incomplete stage to the end; the data set is loaded once for all of them."""
     start = first_incomplete(config, paths)
     if start is None:
@@ -48,5 +55,5 @@ def run_stages(config: Config, paths: RunPaths, metrics: RunMetrics, report: Cal
         return []
     todo = STAGES[STAGES.index(start) :]
     log.info("run %s: %s %s", paths.root, "starting with" if start is STAGES[0] else "resuming at", " -> ".join(s.name for s in todo))
-    inputs = StageInputs(config, paths, training_callbacks=lambda: [metrics.keras_callback()])
-    return [run_stage(stage, inputs, metrics, functools.partial(report, stage.name)) for stage in todo]
+    inputs = stage_inputs(config, paths, metrics, tracking)
+    return [run_stage(stage, inputs, metrics, tracking, functools.partial(report, stage.name)) for stage in todo]

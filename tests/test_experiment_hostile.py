@@ -58,7 +58,7 @@ def _fail(out: Path, index: int, record: str) -> None:
 def published(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Export, validation and publishing of the chosen trial, recorded instead of run: the trial each finalisation chose."""
     chosen: list[int] = []
-    monkeypatch.setattr(experiment, "run_stages", lambda config, run, metrics, report: chosen.append(int(run.root.name)))
+    monkeypatch.setattr(experiment, "run_stages", lambda config, run, metrics, tracking, report: chosen.append(int(run.root.name)))
     return chosen
 
 

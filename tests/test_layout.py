@@ -26,11 +26,12 @@ MAY_IMPORT = {
     "job.training": FOUNDATION,
     "export": FOUNDATION,
     "job.metrics": FOUNDATION,
+    "job.tracking": FOUNDATION,  # MLflow; it and job.metrics do not import each other (the runners wire both)
     "job.kube": FOUNDATION,
-    "job.stages": FOUNDATION | {"job.training", "job.metrics", "export"},  # the stage runner
-    "job.experiments": FOUNDATION | {"job.metrics", "job.stages"},
+    "job.stages": FOUNDATION | {"job.training", "job.metrics", "job.tracking", "export"},  # the stage runner
+    "job.experiments": FOUNDATION | {"job.metrics", "job.tracking", "job.stages"},
     "job.bench": FOUNDATION | {"job.training", "export"},
-    "job.cli": FOUNDATION | {"job.training", "job.metrics", "job.kube", "job.experiments", "job.stages", "job.bench", "export"},
+    "job.cli": FOUNDATION | {"job.training", "job.metrics", "job.tracking", "job.kube", "job.experiments", "job.stages", "job.bench", "export"},
     "job.__main__": {"job.cli"},
 }
 MAX_TOP_MODULES = 12  # job/'s top holds the CLI, the stage interface and runner, the benchmark; the rest lives in packages
@@ -107,3 +108,13 @@ def test_metrics_modules_depend_one_way(graph) -> None:
     for module, may_import in METRICS_FAMILY.items():
         assert _imports(graph, module) & METRICS_FAMILY.keys() <= may_import, module
     assert _imports(graph, "job.metrics.keras_callback") == set()
+
+
+# Among the tracking modules: the bounded steps <- the session; the Keras callback imports no job module.
+TRACKING_FAMILY = {"job.tracking.keras_callback": set(), "job.tracking.steps": set(), "job.tracking.session": {"job.tracking.steps", "job.tracking.keras_callback"}}
+
+
+def test_tracking_modules_depend_one_way(graph) -> None:
+    for module, may_import in TRACKING_FAMILY.items():
+        assert _imports(graph, module) & TRACKING_FAMILY.keys() <= may_import, module
+    assert _imports(graph, "job.tracking.keras_callback") == set()

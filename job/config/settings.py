@@ -90,11 +90,11 @@ def _host(address: str) -> str:
 CREDENTIALS_IN_URL = r"^[A-Za-z][A-Za-z0-9+.-]*://([^/]*@|[^?#]*[?#])"
 
 
-def _no_credentials(username_env: str, password_file_env: str) -> Any:
+def _no_credentials(username_env: str, password_env: str, password_is: str = "a file holding the password, e.g. a mounted Secret") -> Any:
     """A URL that a recorded config may hold (see CREDENTIALS_IN_URL), for a field whose basic auth the two variables give.
 
     Whatever a config holds is recorded (config.yaml, the published model's metadata, a trial's
-    record, a ConfigMap): credentials come from the environment and a mounted Secret file instead.
+    record, a ConfigMap, a tracking server): credentials come from the environment and a mounted Secret file instead.
     """
 
     def check(url: str | None) -> str | None:
@@ -102,8 +102,8 @@ def _no_credentials(username_env: str, password_file_env: str) -> Any:
             raise PydanticCustomError(
                 "credentials",
                 "credentials, a query or a fragment in a URL are refused (the config is recorded with the run and the published "
-                "model); for basic auth set {username} and {password_file} (a file holding the password, e.g. a mounted Secret)",
-                {"username": username_env, "password_file": password_file_env},
+                "model); for basic auth set {username} and {password_file} ({password_is})",
+                {"username": username_env, "password_file": password_env, "password_is": password_is},
             )
         return url
 
@@ -111,6 +111,8 @@ def _no_credentials(username_env: str, password_file_env: str) -> Any:
 
 
 _NO_CREDENTIALS_SCHEMA = {"not": {"pattern": CREDENTIALS_IN_URL}}
+# MLflow's own variables (its client reads them): the password, or a token, from the environment, never a recorded config.
+MLFLOW_CREDENTIALS_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "or MLFLOW_TRACKING_TOKEN; MLflow reads them from the environment")
 
 
 Seed = Annotated[int, Field(ge=0, lt=SEED_BOUND)]
@@ -357,6 +359,28 @@ class MetricsConfig(_Section):
     )
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking and Model Registry (job/tracking/): off unless a tracking URI is set here or in MLFLOW_TRACKING_URI."""
+
+    mlflow_uri: Annotated[str, Field(pattern=r"^\S+$", json_schema_extra=_NO_CREDENTIALS_SCHEMA), _no_credentials(*MLFLOW_CREDENTIALS_ENV)] | None = Field(
+        None,
+        description="MLflow tracking URI (http(s)://host:5000, or a local store such as sqlite:///mlflow.db); unset: MLFLOW_TRACKING_URI "
+        "from the environment, else no tracking. Credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+        "MLFLOW_TRACKING_TOKEN, never in the URI.",
+    )  # the schema's refusal sits on the text: null, the default, passes
+    experiment: str = Field("cifar-job", min_length=1, max_length=256, description="MLflow experiment the runs are logged to (created if missing).")
+    registered_model: str | None = Field(
+        None, pattern=NAME, description="Registered model each published model becomes a version of (a variant: <name>-<variant>); default: publish.model_name."
+    )
+    timeout_seconds: int = Field(
+        10,
+        ge=1,
+        le=600,
+        description="Longest wait for one request to the tracking server (a step such as a model's upload may take three times that); "
+        "the first that fails or takes longer turns tracking off for the rest of the command, with one warning line.",
+    )
+
+
 class Config(_Section):
     out: Path = Field(Path("runs/cifar10"), description="Run directory: checkpoints, history, ONNX model, reports.")
     recipe: str = Field(
@@ -373,6 +397,7 @@ class Config(_Section):
     publish: PublishConfig = PublishConfig()
     variants: VariantsConfig = VariantsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     model_config = ConfigDict(populate_by_name=True)
 

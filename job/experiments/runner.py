@@ -62,8 +62,8 @@ from job.metrics.series import RunMetrics
 from job.metrics.session import TRIAL_ENV, metrics_session
 from job.core.paths import ExperimentPaths, RunPaths
 from job.core.records import read_marker, strict_json
-from job.stage import StageInputs
-from job.stages import BY_NAME, run_stage, run_stages
+from job.stages import BY_NAME, run_stage, run_stages, stage_inputs
+from job.tracking.session import Experiment, Tracker, tracking_session
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,22 @@ def _record_failure(root: Path, index: int, exit_code: int, message: str) -> Non
 
 
 def _experiment_config(spec: ExperimentSpec, root: Path) -> Config:
-    """The experiment session's settings: the trials' metrics settings, the experiment directory as the default run_id."""
+    """The experiment session's settings: the trials' metrics and tracking settings, the experiment directory as the default run_id."""
     return spec.trials()[0].settings.model_copy(update={"out": root})
+
+
+def _tracked(spec: ExperimentSpec, root: Path) -> Experiment:
+    """The experiment's MLflow parent run, recorded in its directory: its trials' runs are nested in it."""
+    params = {"name": spec.name, "trials": spec.trial_count, "select": spec.select, "seeds": spec.seeds, "folds": spec.folds, "spec": str(spec.path)}
+    return Experiment(root, spec.name, {"experiment": params})
+
+
+@contextlib.contextmanager
+def _experiment_sessions(spec: ExperimentSpec, root: Path) -> Iterator[tuple[RunMetrics, Tracker]]:
+    """The experiment's own metrics session, labelled `experiment`, and its MLflow parent run."""
+    config = _experiment_config(spec, root)
+    with metrics_session(config, "experiment", {"experiment": spec.name}) as metrics, tracking_session(config, metrics, _tracked(spec, root)) as tracking:
+        yield metrics, tracking
 
 
 def _state(trial_status: str) -> str:
@@ -119,12 +133,12 @@ def run_all(spec: ExperimentSpec, root: Path, parallel: int, report: Report) -> 
         raise ConfigError(f"--parallel {parallel}: the trials would all serve /metrics on port {min(ports)}; set metrics.port=0 or run one at a time")
     if ports and max(ports) == 65535:
         raise ConfigError("metrics.port 65535: the experiment serves /metrics on it and its trials on the next port; choose a lower one")
-    with metrics_session(_experiment_config(spec, root), "experiment", {"experiment": spec.name}) as metrics:
-        _run_trials(spec, root, parallel, report, metrics)
-        finalise(spec, root, report, metrics)
+    with _experiment_sessions(spec, root) as (metrics, tracking):
+        _run_trials(spec, root, parallel, report, metrics, tracking)
+        finalise(spec, root, report, metrics, tracking)
 
 
-def _run_trials(spec: ExperimentSpec, root: Path, parallel: int, report: Report, metrics: RunMetrics) -> None:
+def _run_trials(spec: ExperimentSpec, root: Path, parallel: int, report: Report, metrics: RunMetrics, tracking: Tracker) -> None:
     """Every trial not yet completed, `parallel` at a time, their states counted as they change; Preempted if any was stopped."""
     states = {t.index: _state(status(t, root)) for t in spec.trials()}
     todo = [t for t in spec.trials() if states[t.index] != "completed"]
@@ -136,7 +150,7 @@ def _run_trials(spec: ExperimentSpec, root: Path, parallel: int, report: Report,
         while todo or running:
             while todo and len(running) < parallel:
                 trial = todo.pop(0)
-                running[trial.index] = _start(trial, root, spec.name)
+                running[trial.index] = _start(trial, root, spec.name, tracking.child_env())
                 states[trial.index] = "running"
                 _record_states(metrics, states)
             time.sleep(POLL_SECONDS)
@@ -155,12 +169,14 @@ def _run_trials(spec: ExperimentSpec, root: Path, parallel: int, report: Report,
         raise Preempted(f"experiment {spec.name}: trials {', '.join(map(str, interrupted))} were stopped (exit 75); rerun to resume")
 
 
-def _start(trial: Trial, root: Path, experiment: str) -> subprocess.Popen[bytes]:
-    """`cifar-job train --config <trial.yaml>`, its output appended to the trial's train.log, its metrics labelled as the trial's."""
+def _start(trial: Trial, root: Path, experiment: str, tracking_env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """`cifar-job train --config <trial.yaml>`, its output appended to the trial's train.log, its metrics labelled as the trial's,
+    its MLflow run nested in the experiment's (`tracking_env`)."""
     paths = ExperimentPaths(root)
     config = _prepare(trial, root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_JOB_")}  # trial.yaml already holds their effect
     env[TRIAL_ENV] = f"{experiment}/{trial.index}"
+    env.update(tracking_env)
     if config.metrics.port:  # the experiment serves on metrics.port
         env["CIFAR_JOB_METRICS_PORT"] = str(config.metrics.port + 1)
     with open_append(paths.trial_log(trial.index), ModelFileError, f"trial log {paths.trial_log(trial.index)}") as output:
@@ -224,9 +240,12 @@ def run_index(spec: ExperimentSpec, root: Path, index: int, report: Report) -> N
     if status(trial, root) != "completed":
         config = _prepare(trial, root)
         try:
-            with metrics_session(config, "train", {"experiment": spec.name, "trial": str(index)}) as metrics:
-                inputs = StageInputs(config, RunPaths(config.out), training_callbacks=lambda: [metrics.keras_callback()])
-                run_stage(BY_NAME["train"], inputs, metrics, lambda result: report(f"trial {index}: {result.summary()}"))
+            with (
+                metrics_session(config, "train", {"experiment": spec.name, "trial": str(index)}) as metrics,
+                tracking_session(config, metrics, _tracked(spec, root), trial=True) as tracking,
+            ):
+                inputs = stage_inputs(config, RunPaths(config.out), metrics, tracking)
+                run_stage(BY_NAME["train"], inputs, metrics, tracking, lambda result: report(f"trial {index}: {result.summary()}"))
         except Exception as e:
             code = e.exit_code if isinstance(e, JobError) else 1
             # Kubernetes fails the index for good: the experiment goes on without it. Preemption is never final.
@@ -263,9 +282,9 @@ def finalise_if_last(spec: ExperimentSpec, root: Path, index: int, report: Repor
         if holder is not None:
             report(f"trial {index}: done; every trial is finished and {holder} is finalising ({paths.finalize_lock})")
             return
-        with metrics_session(_experiment_config(spec, root), "experiment", {"experiment": spec.name}) as metrics:
+        with _experiment_sessions(spec, root) as (metrics, tracking):
             _record_states(metrics, {t.index: _state(status(t, root)) for t in spec.trials()})
-            finalise(spec, root, report, metrics)
+            finalise(spec, root, report, metrics, tracking)
 
 
 LEASE_SECONDS = 120.0  # a finaliser that has not renewed its lock for this long is taken to have died
@@ -364,8 +383,9 @@ def _renew(lock: Path, token: str, stop: threading.Event) -> None:
 # --- finalising: summary, selection, then the chosen trial through the stages ----------------------
 
 
-def finalise(spec: ExperimentSpec, root: Path, report: Report, metrics: RunMetrics) -> None:
-    """Summarise every trial, select on validation results, and export, validate, gate and publish the chosen trial (its stages into `metrics`)."""
+def finalise(spec: ExperimentSpec, root: Path, report: Report, metrics: RunMetrics, tracking: Tracker) -> None:
+    """Summarise every trial, select on validation results, and export, validate, gate and publish the chosen trial (its stages into
+    `metrics`, and into the experiment's MLflow run)."""
     paths = ExperimentPaths(root)
     rows = [trial_row(t, paths, status(t, root) == "completed") for t in spec.trials()]
     summary = summarise(spec, rows)
@@ -381,11 +401,13 @@ def finalise(spec: ExperimentSpec, root: Path, report: Report, metrics: RunMetri
     config, run = chosen.config(root), paths.trial(chosen.index)
     report(f"experiment {spec.name}: selected trial {chosen.index} (group {chosen.group}, {spec.select} {selection['trial_value']:.4f})")
     metrics.record_selection(chosen.index, spec.select, selection["trial_value"])
+    selected = {"experiment.selected_trial": chosen.index, f"experiment.selected_{spec.select}": selection["trial_value"]}
+    tracking.log_outcome(selected, [paths.summary_json, paths.summary_md, paths.summary_png, paths.selection])
     record = experiment_record(summary, selection)
     if read_marker(run.experiment) != record:  # the model must carry the summary it was chosen by: export and what follows are redone
         atomic_write(run.experiment, json.dumps(record, indent=1) + "\n")
         run.export_result.unlink(missing_ok=True)
-    run_stages(config, run, metrics, report=lambda stage, result: report(f"{stage}: {result.summary()}"))
+    run_stages(config, run, metrics, tracking, report=lambda stage, result: report(f"{stage}: {result.summary()}"))
 
 
 HPARAMS_EVENTS = "events.out.tfevents.hparams"  # TensorBoard reads any file whose name holds "tfevents"

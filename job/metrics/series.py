@@ -50,6 +50,7 @@ GROUPS = {
     "gate": "Pushgateway, runs that reached the quality gate",
     "experiment": "/metrics of a local experiment, and Pushgateway, experiments",
     "selection": "Pushgateway, experiments that selected a trial",
+    "tracking": "/metrics and Pushgateway, commands with MLflow tracking on",
 }
 TRIAL_STATES = ("completed", "failed", "running", "pending")
 
@@ -226,6 +227,11 @@ class RunMetrics:
             "experiment", Gauge, "experiment_trials", "Trials of the experiment by state: completed, failed, running or pending (the sum is the number of trials).", ["state"]
         )
         o.share("experiment", s)
+        self.tracking_failure = s.add(
+            "tracking", Gauge, "tracking_failed", "1 once an MLflow tracking step failed (server down, slow or refusing) and tracking was turned off "
+            "for the rest of the command, which went on; 0 while tracking works.",
+        )
+        o.share("tracking", s)
         self.selected_trial = o.add("selection", Gauge, "experiment_selected_trial", "Index of the trial the experiment selected (on validation results).")
         self.selected_value = o.add(
             "selection", Gauge, "experiment_selected_validation_value", "The selected trial's validation figure the selection ranked by: val_accuracy or val_loss.", ["metric"]
@@ -343,6 +349,16 @@ class RunMetrics:
         self.selected_trial.set(trial)
         self.selected_value.labels(metric).set(value)
         self.outcome.show("selection")
+
+    # -- MLflow tracking, called by job.tracking (its TrackingRecorder) ----------------------------
+
+    def tracking_began(self) -> None:
+        self.tracking_failure.set(0)
+        self.scraped.show("tracking")
+        self.outcome.show("tracking")
+
+    def tracking_failed(self) -> None:
+        self.tracking_failure.set(1)
 
     # -- the run's end ---------------------------------------------------------------------
 
