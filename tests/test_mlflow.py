@@ -244,8 +244,9 @@ def test_an_experiment_is_a_parent_run_with_a_nested_run_per_trial(tmp_path: Pat
     assert version.run_id == parent.info.run_id and Path(version.tags["repository.path"]).is_dir()
 
 
-def test_racing_processes_create_the_experiment_parent_run_once(tmp_path: Path, server: dict[str, Any], client: Any) -> None:
-    """Indexed Job pods find or create the parent through the experiment directory: one is recorded, the others use it."""
+def test_racing_pods_create_the_experiment_parent_run_once(tmp_path: Path, server: dict[str, Any], client: Any) -> None:
+    """Indexed Job pods, each opening its trial's run, find or create the parent through the experiment directory: one is
+    created and recorded, every trial's run is nested in it, and a pod that lost the race deleted the parent it made."""
     script = """if True:
         import sys
         from pathlib import Path
@@ -256,19 +257,26 @@ def test_racing_processes_create_the_experiment_parent_run_once(tmp_path: Path, 
             def tracking_began(self): pass
             def tracking_failed(self): raise SystemExit(3)
 
-        out, uri = Path(sys.argv[1]), sys.argv[2]
+        root, index, uri = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+        out = root / "trials" / index
+        out.mkdir(parents=True)
         config = load_config(env={}, overrides={"out": str(out), "tracking.mlflow_uri": uri, "tracking.experiment": "race"})
-        with tracking_session(config, Recorder(), Experiment(out, "race", {"experiment": {"name": "race"}})) as tracker:
+        with tracking_session(config, Recorder(), Experiment(root, "race", {"experiment": {"name": "race"}}), trial=True) as tracker:
             print(tracker.run_id)
     """
     env = {**_env(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, "-c", script, str(tmp_path / "exp"), server["uri"]]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    root = tmp_path / "exp"
+    commands = [[sys.executable, "-c", script, str(root), f"{index:04d}", server["uri"]] for index in range(4)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for command in commands]
     outputs = [p.communicate(timeout=TIMEOUT) for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, outputs
-    ids = {stdout.strip() for stdout, _ in outputs}
-    (run,) = _runs(client, "race")  # active runs only: a process that lost the race deleted its own
-    assert ids == {run.info.run_id} == {json.loads((tmp_path / "exp" / RECORD).read_text())["run_id"]}
+    runs = _runs(client, "race")  # active runs only
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert json.loads((root / RECORD).read_text())["run_id"] == parent.info.run_id
+    trials = {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert trials == {stdout.strip() for stdout, _ in outputs} and len(runs) == 5
+    for index in range(4):
+        assert json.loads((root / "trials" / f"{index:04d}" / RECORD).read_text())["run_id"] in trials
 
 
 # --- a tracking server that is down, silent or failing ------------------------------------------------------------------
