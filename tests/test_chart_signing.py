@@ -371,3 +371,12 @@ def test_the_rendered_init_container_verifies_certificate_signing_against_the_ca
     assert code == "0", out + err
     other = _init_container(serving, claims, {"cifar-job-ca": {"root.pem": keys["other_root"].read_bytes()}}, tmp_path / "other")
     assert other[0] == "16" and "not signed by the trusted key or certificate chain" in other[2]
+
+
+def test_every_pod_that_measures_a_model_is_told_its_image_for_the_model_card() -> None:
+    """export/software.py names the image in each card and sidecar; the pod cannot know it unless the chart says."""
+    pinned = {"image": {"repository": "registry.example/cifar-job", "digest": "sha256:" + "ab" * 32}}
+    for values in (pinned, {**pinned, "experiment": {"spec": SPEC, "sameNode": True}}):
+        (container,) = of_kind(rendered(values), "Job")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["CIFAR_IMAGE"] == container["image"] == "registry.example/cifar-job@sha256:" + "ab" * 32
