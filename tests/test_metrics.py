@@ -778,6 +778,8 @@ def _populated(tmp_path: Path) -> RunMetrics:
         metrics.record(_validation_result())
     metrics.record_trials({"completed": 3, "failed": 1})
     metrics.record_selection(2, "val_accuracy", 0.61)
+    metrics.tracking_began()
+    metrics.tracking_failed()
     metrics.record_outcome(None)
     return metrics
 
