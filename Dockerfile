@@ -20,7 +20,8 @@
 #
 # Reproducible: the base image by digest, every Python package by version and hash
 # (.ci/image-requirements.txt and .ci/image-requirements-cpu.txt, compiled from pyproject.toml
-# and .ci/image.in / .ci/image-cpu.in by the command in each file's header).
+# with its mlflow extra, the MLflow client, and .ci/image.in / .ci/image-cpu.in by the command in
+# each file's header).
 # The base digest is that of the multi-architecture index of python:3.11.14-slim-bookworm. To
 # update it: `crane digest python:3.11.14-slim-bookworm` (or `docker buildx imagetools inspect`,
 # `skopeo inspect --format '{{.Digest}}' docker://python:3.11.14-slim-bookworm`), put tag and
