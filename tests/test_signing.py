@@ -188,6 +188,8 @@ TAMPERING = {
     "drop the signature": (lambda v, o: (v / SIGNATURE).unlink(), "unsigned (no model.sig)"),
     "the gate record in the signature's place": (lambda v, o: shutil.copy(v / GATE_RECORD, v / SIGNATURE), "model.sig is not a model signature"),
     "a garbage signature": (lambda v, o: (v / SIGNATURE).write_text("{\"mediaType\": 1}"), "model.sig: not a Sigstore bundle"),
+    "a signature nested 100,000 deep": (lambda v, o: (v / SIGNATURE).write_text("[" * 100_000), "model.sig: not a Sigstore bundle"),
+    "a 5 MiB signature": (lambda v, o: (v / SIGNATURE).write_bytes(b" " * (5 << 20)), "model.sig: larger than 4194304 bytes"),
     "a link in the version": (lambda v, o: (v / "model_card.md").unlink() or (v / "model_card.md").symlink_to(o / "model_card.md"), "'model_card.md' is not a regular file"),
     "a FIFO in the version": (lambda v, o: os.mkfifo(v / "pipe"), "'pipe' is not a regular file"),
     "version 1 copied whole as version 2": (lambda v, o: shutil.rmtree(v) or shutil.copytree(o, v), "made for another model name or version, not cifar10-cnn version 2"),
