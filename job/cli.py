@@ -73,7 +73,6 @@ from job.config.settings import Config, load_config, parse_sets  # noqa: E402
 from job.experiments.cli import experiment  # noqa: E402
 from job.kube.cli import k8s  # noqa: E402
 from job.metrics.session import metrics_session  # noqa: E402
-from job.tracking.session import tracking_session  # noqa: E402
 from job.core.paths import RunPaths  # noqa: E402
 from job.config.recipes import recipe_summary  # noqa: E402
 
@@ -217,6 +216,7 @@ def _device_option(dest: str, what: str) -> Callable[..., Any]:
 def _run_one(config: Config, name: str) -> None:
     """One stage as its own command, through the same runner as `run`: metrics session, record, summary, verdict."""
     from job.stages import BY_NAME, run_stage, stage_inputs
+    from job.tracking.session import tracking_session
 
     with metrics_session(config, name) as metrics, tracking_session(config, metrics) as tracking:
         inputs = stage_inputs(config, _prepare(config), metrics, tracking)
@@ -326,6 +326,7 @@ def run(config: Config) -> None:
       cifar-job run --recipe smoke --out runs/smoke --data cifar-10-python.tar.gz
     """
     from job.stages import run_stages
+    from job.tracking.session import tracking_session
 
     with metrics_session(config, "run") as metrics, tracking_session(config, metrics) as tracking:
         run_stages(config, _prepare(config), metrics, tracking, report=lambda stage, result: click.echo(f"{stage}: {result.summary()}"))

@@ -7,6 +7,8 @@ only held at import time would still let a change tangle the code.
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
@@ -118,3 +120,11 @@ def test_tracking_modules_depend_one_way(graph) -> None:
     for module, may_import in TRACKING_FAMILY.items():
         assert _imports(graph, module) & TRACKING_FAMILY.keys() <= may_import, module
     assert _imports(graph, "job.tracking.keras_callback") == set()
+
+
+def test_the_command_line_imports_no_numerical_library_until_a_command_needs_one() -> None:
+    """`cifar-job --help`, `k8s render` or `verify` must start fast and small: under a memory cap (tests/test_hostile_inputs.py)
+    the Helm engine's Go runtime cannot even start once numpy's threads have reserved their address space."""
+    code = "import sys, job.cli; print(' '.join(sorted(m for m in ('numpy', 'tensorflow', 'keras', 'onnx', 'onnxruntime', 'mlflow') if m in sys.modules)))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert imported == [], f"importing job.cli loads {imported}: import them inside the commands that use them"

@@ -103,7 +103,9 @@ RESUMABLE = {
 }
 
 
-@pytest.mark.parametrize("recipe", list(RESUMABLE))
+# airbench's deterministic kernels take about half an hour on 2 CPU cores: in the slow tier
+# (`bash tests/run.sh -m slow tests/test_train.py`); the study's and `fast` cover the default suite.
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r == "airbench" else r for r in RESUMABLE])
 def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(real_archive: Path, tmp_path: Path, recipe: str) -> None:
     """A real training process is preempted mid-epoch and restarted on the same run directory."""
     args = [*RESUMABLE[recipe], "--set", "data.train_limit=2000", "--set", "data.test_limit=100", "--epochs", "4"]

@@ -117,7 +117,7 @@ def test_reports_have_stable_keys_a_model_card_and_a_plot(real_archive: Path, tm
     doc = json.loads((run / "metrics.json").read_text())
     assert list(doc) == [
         "schema_version", "validated_at", "model", "data", "class_names", "accuracy", "macro_f1", "weighted_f1",
-        "per_class", "confusion_matrix", "inference", "gate", "duration_s",
+        "per_class", "confusion_matrix", "inference", "gate", "runtime", "duration_s",
     ]  # fmt: skip
     assert doc["schema_version"] == 1 and doc["class_names"] == CLASS_NAMES
     assert doc["model"]["sha256"] == __import__("hashlib").sha256((run / "model.onnx").read_bytes()).hexdigest()
