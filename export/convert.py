@@ -114,7 +114,7 @@ def _require_trained(config: Config, paths: RunPaths) -> str:
 
 
 def _load_keras(config: Config, paths: RunPaths) -> Any:
-    model = build_model(config.model.name)
+    model = build_model(config.model.name, config.model.widths)
     try:
         model.load_weights(paths.best_weights)
     except Exception as e:  # h5py's OSError, Keras' ValueError on a shape mismatch, ...

@@ -241,7 +241,7 @@ def measure_inference(config: Config, device: str, settings: Settings, peak: dic
     from job.models.registry import build_model, with_test_time_augmentation
 
     name, tta = config.model.name, config.export.test_time_augmentation
-    trained = build_model(name)
+    trained = build_model(name, config.model.widths)
     flop = forward_flops(trained) * _views(tta)
     log.info("inference %s (test-time augmentation %s): converting to ONNX", name, tta)
     session = open_session(keras_to_onnx(with_test_time_augmentation(trained, tta), config.export.opset), device, f"{name} (random weights)")

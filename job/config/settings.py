@@ -200,8 +200,22 @@ class DataConfig(_Section):
         return self
 
 
+_Width = Annotated[int, Field(ge=1, le=4096)]
+
+
 class ModelConfig(_Section):
     name: str = Field("reference_cnn", description="Architecture from the model registry.")
+    widths: tuple[_Width, _Width, _Width] | None = Field(
+        None,
+        description="airbench only: the widths of its three conv groups; unset, airbench94's 64/256/256 "
+        "(airbench95's are 128/384/384).",
+    )
+
+    @model_validator(mode="after")
+    def _widths_for_airbench(self) -> ModelConfig:
+        if self.widths is not None and self.name != "airbench":
+            raise _conflict("widths", f"{excerpt(self.name)} has fixed widths; only airbench takes model.widths")
+        return self
 
 
 class TrainConfig(_Section):
@@ -233,6 +247,11 @@ class TrainConfig(_Section):
     rotation_degrees: float = Field(15.0, ge=0, le=180, description="Random rotation range, degrees.")
     shift_fraction: float = Field(0.1, ge=0, lt=1, description="Random horizontal and vertical shift, fraction of the size.")
     horizontal_flip: bool = Field(True, description="Random horizontal flip.")
+    alternating_flip: bool = Field(
+        False,
+        description="Flip each image in every other epoch (its first epoch's flip random) instead of tossing a coin each "
+        "epoch: airbench's scheme, which matches random flips trained 1/8 longer.",
+    )
     seed: Seed = Field(42, description="Seed for weights, shuffling, augmentation and dropout.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower; bit-exact reruns).")
     mixed_precision: bool = Field(False, description="Mixed precision: float16 compute on GPU, bfloat16 on CPU; variables stay float32.")

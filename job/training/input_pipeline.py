@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
+FIRST_FLIPS_STREAM = -1  # the second seed word of the alternating scheme's first flips; epochs use 0, 1, 2, ...
+
+
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return math.ceil(num_images / batch_size)
 
@@ -32,6 +35,7 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, f
     x = tf.constant(images)
     y = tf.one_hot(tf.constant(labels), CLASS_COUNT)
     starts = tf.range(0, n, cfg.batch_size, dtype=tf.int64)
+    first_flips = tf.random.stateless_uniform([n], seed=[cfg.seed, FIRST_FLIPS_STREAM]) < 0.5
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([cfg.seed, epoch]))
@@ -41,7 +45,8 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, f
             images = tf.cast(tf.gather(x, idx), tf.float32) / PIXEL_MAX
             if cfg.augment:
                 seed = tf.stack([cfg.seed, epoch * 1_000_003 + start])
-                images = augment(images, cfg, seed)
+                flips = tf.math.logical_xor(tf.gather(first_flips, idx), tf.equal(epoch % 2, 1)) if cfg.alternating_flip else None
+                images = augment(images, cfg, seed, flips)
             return images, tf.gather(y, idx)
 
         return tf.data.Dataset.from_tensor_slices(starts).map(batch_at, num_parallel_calls=tf.data.AUTOTUNE)
@@ -58,8 +63,8 @@ def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) 
     return ds.map(lambda x, y: (tf.cast(x, tf.float32) / PIXEL_MAX, y)).cache().prefetch(tf.data.AUTOTUNE)
 
 
-def augment(images: tf.Tensor, cfg: TrainConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Random rotation, shift and horizontal flip as one affine warp per image.
+def augment(images: tf.Tensor, cfg: TrainConfig, seed: tf.Tensor, flips: tf.Tensor | None = None) -> tf.Tensor:
+    """Random rotation, shift and horizontal flip as one affine warp per image (`flips`, when given, chooses the flips).
 
     The warp is the matrix product rotate . shift . flip, mapping output to input pixel
     coordinates as ImageProjectiveTransformV3 expects; Keras' RandomRotation and
@@ -72,7 +77,8 @@ def augment(images: tf.Tensor, cfg: TrainConfig, seed: tf.Tensor) -> tf.Tensor:
     n = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)  # square images
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    flip = tf.random.stateless_uniform([n], seeds[2]) < (0.5 if cfg.horizontal_flip else 0.0)
+    flip = tf.random.stateless_uniform([n], seeds[2]) < 0.5 if flips is None else flips
+    flip = tf.logical_and(flip, cfg.horizontal_flip)
     if cfg.augmentation == "flip_crop":
         angle = tf.zeros([n])
         shift = tf.cast(tf.random.stateless_uniform([n, 2], seeds[1], -cfg.crop_pixels, cfg.crop_pixels + 1, dtype=tf.int32), tf.float32)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from job.core.atomic import atomic_path, atomic_write
-from job.config.settings import Config
+from job.config.settings import Config, ModelConfig
 from job.data.dataset import CifarData, load_dataset
 from job.core.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
 from job.training.history import write_history
@@ -118,7 +118,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
 
     with contextlib.closing(EpochScalars(paths.tensorboard)) as scalars:
         scalars.write(state.history)  # epochs an earlier process saved but did not log
-        tracker = _EpochTracker(model, state, paths, scalars, train_cfg.patience, train_cfg.min_delta)
+        tracker = _EpochTracker(model, config.model, state, paths, scalars, train_cfg.patience, train_cfg.min_delta)
         if not state.stopped_early and state.epochs_done < train_cfg.epochs:
             with _sigterm_raises_preempted(tracker):
                 model.fit(
@@ -188,7 +188,7 @@ def compiled_model(config: Config, total_steps: int) -> Any:
     from job.training.schedules import learning_rate_schedule
 
     cfg = config.train
-    model = build_model(config.model.name)
+    model = build_model(config.model.name, config.model.widths)
     optimizer = keras.optimizers.SGD(
         learning_rate=learning_rate_schedule(cfg, total_steps),
         momentum=cfg.momentum,
@@ -269,8 +269,9 @@ class _EpochTracker:
     its patience count and its best weights.
     """
 
-    def __init__(self, model: Any, state: TrainState, paths: RunPaths, scalars: EpochScalars, patience: int, min_delta: float):
+    def __init__(self, model: Any, architecture: ModelConfig, state: TrainState, paths: RunPaths, scalars: EpochScalars, patience: int, min_delta: float):
         self.model, self.state, self.paths, self.scalars, self.patience, self.min_delta = model, state, paths, scalars, patience, min_delta
+        self.architecture = architecture
         self.preempted = False
         self.inference_model: Any = None
 
@@ -287,7 +288,7 @@ class _EpochTracker:
     def _save_best_weights(self) -> None:
         """Model weights only (no optimizer state): what export and serving load."""
         if self.inference_model is None:
-            self.inference_model = build_model(self.model.name)
+            self.inference_model = build_model(self.architecture.name, self.architecture.widths)
         self.inference_model.set_weights(self.model.get_weights())
         _require_space(self.paths.best_weights, sum(w.nbytes for w in self.inference_model.get_weights()))
         with atomic_path(self.paths.best_weights, suffix=".tmp.weights.h5") as tmp:  # Keras insists on the suffix
@@ -338,7 +339,7 @@ class _EpochTracker:
 
 def _save_best_model(config: Config, paths: RunPaths) -> None:
     """best.keras: the best weights with the architecture, for whoever loads models with `keras.models.load_model`."""
-    model = build_model(config.model.name)
+    model = build_model(config.model.name, config.model.widths)
     model.load_weights(paths.best_weights)
     _require_space(paths.best_keras, sum(w.nbytes for w in model.get_weights()))
     with atomic_path(paths.best_keras, suffix=".keras") as tmp:  # Keras insists on the suffix
