@@ -110,6 +110,41 @@ def test_flip_crop_moves_each_image_by_whole_pixels_with_reflected_borders() -> 
     assert len(shifts_seen) > 20  # random per image, both flips, many offsets
 
 
+def test_alternating_flips_mirror_each_image_in_every_other_epoch_and_resume_alike() -> None:
+    """airbench's scheme: an image's first flip is random, then it alternates, so two epochs see both mirror images."""
+    from job.training.input_pipeline import training_dataset
+
+    overrides = {"recipe": "fast", "train.crop_pixels": 0, "train.alternating_flip": True, "train.epochs": 5, "train.batch_size": 4}
+    cfg = load_config(env={}, overrides=overrides).train
+    images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(10)  # one image per class: a batch's one-hot labels say which image each row is
+
+    def flips(first_epoch: int) -> np.ndarray:
+        """[epoch, image]: whether the image came out mirrored."""
+        seen = np.zeros((cfg.epochs - first_epoch, 10), dtype=bool)
+        for step, (x, y) in enumerate(training_dataset(images, labels, cfg, first_epoch)):
+            for image, label in zip(x.numpy(), y.numpy().argmax(axis=1)):
+                mirrored = np.array_equal(image, scale(images[label])[:, ::-1])
+                assert mirrored or np.array_equal(image, scale(images[label]))
+                seen[step // 3, label] = mirrored  # ceil(10 / 4) batches per epoch
+        return seen
+
+    from_start = flips(0)
+    assert 0 < from_start[0].sum() < 10  # the first epoch's flips are per image
+    assert np.array_equal(from_start[1:], ~from_start[:-1])  # then every image alternates
+    assert np.array_equal(flips(3), from_start[3:])  # a resumed run sees the same flips
+
+
+def test_airbench_widths_are_set_by_config_and_refused_for_a_fixed_architecture(tmp_path: Path) -> None:
+    wide = load_config(env={}, overrides={"model.name": "airbench", "recipe": "wide"}).model
+    model = build_model(wide.name, wide.widths)
+    convs = [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D" and layer.name != "whitening"]
+    assert convs == [128, 128, 384, 384, 384, 384]
+    result = CliRunner().invoke(main, ["train", "--set", "model.widths=[8, 8, 8]", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "model.widths" in result.output and "only airbench" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_whitening_decorrelates_the_patches_of_the_training_images(real_archive: Path) -> None:
     from job.data.dataset import load_dataset
     from job.models.registry import CIFAR_MEAN, CIFAR_STD

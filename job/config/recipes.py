@@ -82,7 +82,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # The one-hour goal's recipe: airbench95's widths (128/384/384) and learning rate (0.87x airbench94's),
         # alternating flips, on 49,000 images.
         "wide": {
-            **_AIRBENCH94, "model.widths": (128, 384, 384), "train.learning_rate": 0.326, "train.alternating_flip": True,
+            **_AIRBENCH94, "model.widths": [128, 384, 384], "train.learning_rate": 0.326, "train.alternating_flip": True,
             "data.validation_fraction": 0.02, "train.epochs": 16, "train.patience": 16, **_gate(0.90),
         },  # fmt: skip
     },
