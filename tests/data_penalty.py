@@ -34,6 +34,19 @@ def jpeg_round_trip(images: np.ndarray, quality: int) -> np.ndarray:
     return np.stack([one(image) for image in images])
 
 
+def exact_test_images(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test images whose pixels are exact in the rebuild (pixel_provenance.json beside the archive), and their labels."""
+    data = load_dataset(load_config(env={}, overrides={"data.source": str(archive), "data.checksum": "none"}).data)
+    rows = json.loads((archive.parent / "pixel_provenance.json").read_text())["test_batch"]["exact_rows"]
+    return data.test_images[rows], data.test_labels[rows]
+
+
+def accuracy(model: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of a model.onnx through onnxruntime on the CPU."""
+    session = open_session(model.read_bytes(), "cpu", str(model))
+    return float((predict(session, images, 256)[0].argmax(axis=1) == labels).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path)
@@ -41,16 +54,13 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=75)
     args = parser.parse_args()
 
-    data = load_dataset(load_config(env={}, overrides={"data.source": str(args.data), "data.checksum": "none"}).data)
-    rows = json.loads((args.data.parent / "pixel_provenance.json").read_text())["test_batch"]["exact_rows"]
-    exact, labels = data.test_images[rows], data.test_labels[rows]
+    exact, labels = exact_test_images(args.data)
     degraded = jpeg_round_trip(exact, args.quality)
     rmse = np.sqrt(((degraded.astype(np.float64) - exact) ** 2).reshape(len(exact), -1).mean(axis=1)).mean()
     print(f"{len(exact)} exact test images; JPEG quality {args.quality}: mean per-image RMSE {rmse:.2f}")
     for model in args.models:
-        session = open_session(model.read_bytes(), "cpu", str(model))
-        accuracy = [float((predict(session, images, 256)[0].argmax(axis=1) == labels).mean()) for images in (exact, degraded)]
-        print(f"{model}: exact pixels {accuracy[0]:.4f}, after JPEG {accuracy[1]:.4f} ({100 * (accuracy[0] - accuracy[1]):+.2f} points)")
+        clean, lossy = accuracy(model, exact, labels), accuracy(model, degraded, labels)
+        print(f"{model}: exact pixels {clean:.4f}, after JPEG {lossy:.4f} ({100 * (clean - lossy):+.2f} points)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import REAL_SHA256
+from .data_penalty import accuracy as onnx_accuracy
+from .data_penalty import exact_test_images
 
 
 @pytest.mark.slow
@@ -31,19 +33,22 @@ def test_reference_recipe_passes_the_study_gate_and_is_published(real_archive: P
     assert sidecar["metrics"]["accuracy"] == metrics["accuracy"]
 
 
-# recipe flags -> (most epochs, lowest test accuracy, lowest weighted F1): the targets of README's table.
+# recipe flags -> (most epochs, lowest test accuracy, lowest weighted F1, lowest accuracy on the test images whose
+# pixels are exact, or None): the targets of the recipes' results table.
 RECIPE_TARGETS = {
-    "fast": (["--recipe", "fast"], 10, 0.7562, 0.7539),  # the study's figures in at most 10 epochs
-    "best": (["--recipe", "best"], 40, 0.80, 0.80),
-    "airbench": (["--model", "airbench"], 18, 0.89, 0.89),  # its gate; 94 % is the goal, not reached here
-    "airbench-long": (["--model", "airbench", "--recipe", "long"], 32, 0.90, 0.90),
+    "fast": (["--recipe", "fast"], 10, 0.7562, 0.7539, None),  # the study's figures in at most 10 epochs
+    "best": (["--recipe", "best"], 40, 0.80, 0.80, None),
+    "airbench": (["--model", "airbench"], 18, 0.89, 0.89, None),  # its gate
+    "airbench-long": (["--model", "airbench", "--recipe", "long"], 32, 0.90, 0.90, None),
+    # its gate, and the one-hour goal's exact-pixel figure less a seed's spread (the whole-set 92 % is not reached)
+    "airbench-wide": (["--model", "airbench", "--recipe", "wide"], 16, 0.905, 0.905, 0.935),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPE_TARGETS))
 def test_a_recipe_reaches_its_target_through_onnx_and_is_published(recipe: str, real_archive: Path, tmp_path: Path) -> None:
-    flags, epochs, accuracy, weighted_f1 = RECIPE_TARGETS[recipe]
+    flags, epochs, accuracy, weighted_f1, exact_pixels = RECIPE_TARGETS[recipe]
     out, models = tmp_path / "run", tmp_path / "models"
     command = [sys.executable, "-m", "job", "run", *flags, "--data", str(real_archive), "--checksum", f"sha256:{REAL_SHA256}"]
     command += ["--out", str(out), "--set", f"publish.root={models}", "--device", "cpu"]
@@ -53,4 +58,7 @@ def test_a_recipe_reaches_its_target_through_onnx_and_is_published(recipe: str, 
     assert json.loads((out / "train.json").read_text())["epochs_run"] <= epochs
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] >= accuracy and metrics["weighted_f1"] >= weighted_f1
-    assert (models / "cifar10-cnn" / "1" / "model.onnx").is_file()
+    published = models / "cifar10-cnn" / "1" / "model.onnx"
+    assert published.is_file()
+    if exact_pixels is not None:
+        assert onnx_accuracy(published, *exact_test_images(real_archive)) >= exact_pixels
