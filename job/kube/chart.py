@@ -37,22 +37,31 @@ _ORDER = ("NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap
 def load_values(
     files: Sequence[Path] = (), sets: Sequence[str] = (), experiment: Path | None = None, queue: str | None = None
 ) -> dict[str, Any]:
-    """Values from YAML files, then Helm `--set` expressions, then an experiment spec file and a Kueue queue; later ones win, maps merge."""
-    import helm_python as helm
+    """Values from YAML files, then Helm `--set` expressions, then an experiment spec file and a Kueue queue; later ones win, maps merge.
 
+    Every file is read before the Helm engine is loaded: its Go runtime reserves address space, so a
+    hostile file must be refused while the process is small (the hostile-input tests cap its memory).
+    """
+    layers = [read_yaml(file, "values file") for file in files]
+    spec = read_yaml(experiment, "experiment spec") if experiment is not None else None
     values: dict[str, Any] = {}
-    for file in files:
-        _merge(values, read_yaml(file, "values file"))
-    for expression in sets:
-        try:
-            _merge(values, helm.parse_set_string(expression))
-        except helm.HelmError as e:
-            raise ConfigError(f"--set {expression!r}: {e}") from None
-    if experiment is not None:
-        values.setdefault("experiment", {})["spec"] = read_yaml(experiment, "experiment spec")  # replaces, not merges
+    for layer in [*layers, *(_parse_set(expression) for expression in sets)]:
+        _merge(values, layer)
+    if spec is not None:
+        values.setdefault("experiment", {})["spec"] = spec  # replaces, not merges
     if queue is not None:
         values["queueName"] = queue
     return values
+
+
+def _parse_set(expression: str) -> dict[str, Any]:
+    """One Helm `--set` expression, parsed by Helm itself."""
+    import helm_python as helm
+
+    try:
+        return helm.parse_set_string(expression)
+    except helm.HelmError as e:
+        raise ConfigError(f"--set {expression!r}: {e}") from None
 
 
 def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
