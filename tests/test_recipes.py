@@ -143,6 +143,8 @@ def test_airbench_widths_are_set_by_config_and_refused_for_a_fixed_architecture(
     result = CliRunner().invoke(main, ["train", "--set", "model.widths=[8, 8, 8]", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "model.widths" in result.output and "only airbench" in result.output
     assert not (tmp_path / "run").exists()
+    huge = CliRunner().invoke(main, ["train", "--model", "airbench", "--set", "model.widths=[64, 256, 100000]", "--out", str(tmp_path / "run")])
+    assert huge.exit_code == 2 and "model.widths" in huge.output and not (tmp_path / "run").exists()
 
 
 def test_whitening_decorrelates_the_patches_of_the_training_images(real_archive: Path) -> None:

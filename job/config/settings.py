@@ -200,7 +200,7 @@ class DataConfig(_Section):
         return self
 
 
-_Width = Annotated[int, Field(ge=1, le=4096)]
+_Width = Annotated[int, Field(ge=1, le=1024)]  # twice airbench96's widest; the bound keeps an edited config from allocating gigabytes
 
 
 class ModelConfig(_Section):
