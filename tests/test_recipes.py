@@ -135,6 +135,35 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch_and_resume_ali
     assert np.array_equal(flips(3), from_start[3:])  # a resumed run sees the same flips
 
 
+def test_lookahead_pulls_the_weights_back_to_a_slow_copy_and_training_ends_on_it() -> None:
+    """One weight whose every SGD step is -0.1: the trajectory the documented rule gives, synced at every 5th step,
+    every epoch's last step and the last step (where the slow copy is taken as it is)."""
+    import keras
+
+    from job.training.lookahead import Lookahead
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=lambda y, p: keras.ops.mean(p))  # dloss/dweight = x = 1
+    seen: list[float] = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(float(model.get_weights()[0][0, 0])))
+    steps, epochs, decay = 7, 2, 0.5
+    model.fit(np.ones((steps, 1)), np.zeros((steps, 1)), batch_size=1, epochs=epochs, shuffle=False, verbose=0,
+              callbacks=[Lookahead(decay, steps, steps * epochs), record])  # fmt: skip
+
+    fast = slow = 0.0
+    expected = []
+    for step in range(1, steps * epochs + 1):
+        fast -= 0.1
+        if step % 5 == 0 or step % steps == 0:
+            keep = 1.0 if step == steps * epochs else decay * (step / (steps * epochs)) ** 3
+            slow = keep * slow + (1 - keep) * fast
+            fast = slow
+        if step % steps == 0:
+            expected.append(fast)
+    assert seen == pytest.approx(expected, abs=1e-6)
+    assert expected[-1] > -1.4 + 0.1  # the averaging is real: plain SGD would end at -1.4
+
+
 def test_airbench_widths_are_set_by_config_and_refused_for_a_fixed_architecture(tmp_path: Path) -> None:
     wide = load_config(env={}, overrides={"model.name": "airbench", "recipe": "wide"}).model
     model = build_model(wide.name, wide.widths)

@@ -95,10 +95,12 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "job", *args]
 
 
-# Every recipe shape: the study's; a one-cycle bf16 recipe; a data-initialised architecture with batch norm.
+# Every recipe shape: the study's; a one-cycle bf16 recipe, also with lookahead's slow copy; a data-initialised
+# architecture with batch norm.
 RESUMABLE = {
     "study": [],
     "fast": ["--set", "recipe=fast"],
+    "lookahead": ["--set", "recipe=fast", "--set", "train.lookahead_decay=0.774"],
     "airbench": ["--set", "model.name=airbench", "--batch-size", "128"],
 }
 

@@ -252,6 +252,13 @@ class TrainConfig(_Section):
         description="Flip each image in every other epoch (its first epoch's flip random) instead of tossing a coin each "
         "epoch: airbench's scheme, worth about a tenth more epochs of random flips in its ablations.",
     )
+    lookahead_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Lookahead averaging (airbench's): every 5 steps the weights move back toward a slow copy, keeping "
+        "this share of it times (step / total steps)^3; training ends on the slow copy. 0: off; airbench: 0.95^5 = 0.774.",
+    )
     seed: Seed = Field(42, description="Seed for weights, shuffling, augmentation and dropout.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower; bit-exact reruns).")
     mixed_precision: bool = Field(False, description="Mixed precision: float16 compute on GPU, bfloat16 on CPU; variables stay float32.")

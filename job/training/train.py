@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from job.core.atomic import atomic_path, atomic_write
-from job.config.settings import Config, ModelConfig
+from job.config.settings import Config, ModelConfig, TrainConfig
 from job.data.dataset import CifarData, load_dataset
 from job.core.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
 from job.training.history import write_history
@@ -127,7 +127,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
                     epochs=train_cfg.epochs,
                     initial_epoch=state.epochs_done,
                     steps_per_epoch=steps,
-                    callbacks=[tracker.keras_callback(), *callbacks],
+                    callbacks=[*_lookahead(train_cfg, steps), tracker.keras_callback(), *callbacks],
                     shuffle=False,  # the pipeline shuffles, seeded per epoch
                     verbose=1 if sys.stdout.isatty() else 2,
                 )
@@ -147,6 +147,13 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
     )
     atomic_write(paths.train_result, result.to_json())
     return result
+
+
+def _lookahead(cfg: TrainConfig, steps_per_epoch: int) -> list[Any]:
+    """The lookahead callback where the recipe asks for it; before the tracker, which measures and saves the synced weights."""
+    from job.training.lookahead import Lookahead
+
+    return [Lookahead(cfg.lookahead_decay, steps_per_epoch, steps_per_epoch * cfg.epochs)] if cfg.lookahead_decay else []
 
 
 def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
