@@ -2,7 +2,7 @@
 
 Nothing read back from a file decides what is published: metrics.json can be edited, so
 publishing measures the model itself on the test split of the data set it was trained on
-(seconds) and stamps those numbers into the published model and its sidecar. The gate is
+(in `cifar-job run`, validate's in-memory measurement of the same bytes: export/scores.py) and stamps those numbers into the published model and its sidecar. The gate is
 judged under the lock against the model published at that moment. Triton and KServe serve
 the layout as it is (export/repository.py), with the model-level `config.pbtxt` and `labels.txt`
 derived from the graph (export/model_config.py) and rewritten on every publish, after the version.

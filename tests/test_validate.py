@@ -175,6 +175,26 @@ def test_a_model_that_outputs_nan_is_refused(real_archive: Path, tmp_path: Path,
     assert sorted(p.name for p in run.iterdir()) == ["model.onnx"]
 
 
+def test_one_process_measures_the_same_bytes_once_and_other_bytes_or_data_anew(data, model) -> None:
+    """validate, publish and variants in one `cifar-job run` share one measurement of the same model on the same data;
+    a model whose bytes changed in between, or another test set, is measured again."""
+    import dataclasses
+
+    from export.scores import measure_outputs
+
+    blob = model.SerializeToString()
+    first, probabilities = measure_outputs(blob, data, "cpu", 256, "model")
+    again, scribbled = measure_outputs(blob, data, "cpu", 256, "model")
+    assert again is first and np.array_equal(scribbled, probabilities)
+    scribbled[:] = 0  # a caller's copy is its own
+    assert np.array_equal(measure_outputs(blob, data, "cpu", 256, "model")[1], probabilities)
+
+    always_nine = mean_colour_model(np.zeros((3, 10)), np.arange(10.0), trained_on=data.fingerprint).SerializeToString()
+    assert measure_outputs(always_nine, data, "cpu", 256, "model")[0].accuracy == pytest.approx(0.1)
+    relabelled = dataclasses.replace(data, test_labels=(data.test_labels + 1) % 10)
+    assert measure_outputs(blob, relabelled, "cpu", 256, "model")[0].accuracy < first.accuracy / 2
+
+
 def test_a_model_is_validated_only_on_the_data_set_it_was_trained_on(real_archive: Path, tmp_path: Path, data, model, make_archive) -> None:
     other = make_archive()
     unbound = mean_colour_model(*fit_mean_colour(data.train_images, data.train_labels))  # exported elsewhere: no fingerprint
