@@ -30,21 +30,20 @@ class Lookahead(keras.callbacks.Callback):
     def __init__(self, decay: float, steps_per_epoch: int, total_steps: int) -> None:
         super().__init__()
         self.decay, self.steps_per_epoch, self.total_steps = decay, steps_per_epoch, total_steps
+        self.averaged: list[Any] = []
         self.slow: list[np.ndarray] = []
 
-    def _averaged(self) -> list[Any]:
-        """Every floating-point model variable: weights and batch-norm statistics (not seeds or counters)."""
-        return [v for v in self.model.variables if "float" in str(v.dtype)]
-
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.slow = [np.array(v.numpy()) for v in self._averaged()]  # a resumed run's fast weights are the slow copy
+        # Every floating-point model variable: weights and batch-norm statistics (not seeds or counters).
+        self.averaged = [v for v in self.model.variables if "float" in str(v.dtype)]
+        self.slow = [np.array(v.numpy()) for v in self.averaged]  # a resumed run's fast weights are the slow copy
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         step = int(self.model.optimizer.iterations.numpy())
-        if step % SYNC_EVERY and batch != self.steps_per_epoch - 1 and step < self.total_steps:
+        if step % SYNC_EVERY and batch != self.steps_per_epoch - 1:  # the last step of training is an epoch's last
             return
         d = sync_decay(self.decay, step, self.total_steps)
-        for slow, variable in zip(self.slow, self._averaged()):
+        for slow, variable in zip(self.slow, self.averaged):
             fast = variable.numpy()
             slow += (1 - d) * (fast - slow)
             variable.assign(slow)
