@@ -42,6 +42,7 @@ class Lineage:
     architecture: str | None  # model.name, from the model's own training config
     recipe: str | None  # None: the config at hand did not train this model
     training: dict[str, Any] | None  # train.json (TRAINING_FIELDS); None: the run directory holds no record of this training
+    keep: str = "best"  # train.keep of the model's own training config: which epoch's weights these are
 
 
 def write_reports(
@@ -98,9 +99,17 @@ def metrics_document(result: Measurement, test_set: dict[str, Any], gate: GateRe
 def lineage(config: Config, paths: RunPaths, meta: Mapping[str, str]) -> Lineage:
     """The model's architecture, and its recipe only if `config` trained it (the same training digest)."""
     digest = meta.get("training_config_digest", "")
-    architecture = metadata_json(meta, "training_config").get("model", {}).get("name")
+    trained_by = metadata_json(meta, "training_config")
+    architecture = _section(trained_by, "model").get("name")
     recipe = config.recipe if digest and config.training_digest() == digest else None
-    return Lineage(architecture, recipe, _training_record(paths, meta))
+    keep = "last" if _section(trained_by, "train").get("keep") == "last" else "best"
+    return Lineage(architecture if isinstance(architecture, str) else None, recipe, _training_record(paths, meta), keep)
+
+
+def _section(training_config: Any, section: str) -> dict[str, Any]:
+    """One section of the training config stamped into the model; {} where that metadata has another shape."""
+    values = training_config.get(section) if isinstance(training_config, dict) else None
+    return values if isinstance(values, dict) else {}
 
 
 def _training_record(paths: RunPaths, meta: Mapping[str, str]) -> dict[str, Any] | None:
@@ -155,7 +164,7 @@ def model_card(doc: dict[str, Any], meta: dict[str, str], about: Lineage, header
         "",
         "| setting | value |",
         "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in training.get("train", {}).items()),
+        *(f"| {key} | {value} |" for key, value in _section(training, "train").items()),
         "",
         *_experiment_section(metadata_json(meta, "experiment")),
         "## Test metrics",
@@ -248,7 +257,9 @@ def _how_trained(about: Lineage) -> list[str]:
     if record is None:
         return [recipe, "- Best epoch and stop reason not known: the run directory holds no train.json of this model's training"]
     stop = "early stopping (validation loss stopped improving for train.patience epochs)" if record["stopped_early"] else "the epoch limit (train.epochs)"
-    return [recipe, f"- Best epoch {record['best_epoch']} of {record['epochs_run']} (lowest validation loss: these weights); stopped by {stop}"]
+    epochs = f"epoch {record['best_epoch']} of {record['epochs_run']}"
+    kept = f"Last {epochs} (train.keep=last" if about.keep == "last" else f"Best {epochs} (lowest validation loss"
+    return [recipe, f"- {kept}: these weights); stopped by {stop}"]
 
 
 def _gate_terms(thresholds: Mapping[str, Any]) -> str:

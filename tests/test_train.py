@@ -59,6 +59,29 @@ def test_best_weights_load_into_the_registered_model(trained: Path) -> None:
     assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
+def test_keep_last_keeps_the_final_epochs_weights_and_never_stops_early(real_archive: Path, tmp_path: Path) -> None:
+    """train.keep=last: what a one-cycle recipe serves is the annealed end of training, whatever validation says."""
+    from job.data.dataset import load_dataset
+    from job.models.registry import build_model
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, train_args(out, "--set", "train.epochs=3", "--set", "train.patience=0", "--set", "train.min_delta=100", "--set", "train.keep=last"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].startswith("trained 3 epochs (epoch limit); best epoch 3")  # else: epoch 1, the only one to improve by 100, and a stop
+    history = json.loads((out / "history.json").read_text())
+    assert [row["best_epoch"] for row in history] == [1, 2, 3]
+    assert json.loads((out / "train.json").read_text())["best_epoch"] == 3
+
+    # The kept weights score the final epoch's validation loss, which no earlier epoch's weights did.
+    data = load_dataset(load_config(env={}, overrides={"data.source": str(real_archive), "data.checksum": "none", "data.train_limit": 1000}).data)
+    model = build_model("reference_cnn")
+    model.load_weights(out / "best.weights.h5")
+    probabilities = model.predict(data.val_images.astype(np.float32) / 255, verbose=0)
+    loss = -np.log(probabilities[np.arange(len(data.val_labels)), data.val_labels]).mean()
+    assert [row["val_loss"] for row in history] == pytest.approx([history[0]["val_loss"], history[1]["val_loss"], loss], rel=1e-4)
+    assert loss != pytest.approx(history[1]["val_loss"], rel=1e-3)
+
+
 def test_rerun_of_a_finished_run_does_not_train_again(trained: Path, real_archive: Path) -> None:
     before = (trained / "state" / "checkpoint.npz").stat().st_mtime_ns
     result = CliRunner().invoke(main, train_args(trained))

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from export.gate import check_gate
+from export.modelfile import set_metadata
 from export import session
 from export.session import nvidia_driver_present, open_session
 from export.validate import validate_model
@@ -138,6 +139,26 @@ def test_reports_have_stable_keys_a_model_card_and_a_plot(real_archive: Path, tm
         assert f"| {name} | " + " | ".join(map(str, doc["confusion_matrix"][CLASS_NAMES.index(name)])) + " |" in card
     png = (run / "confusion_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize(
+    "training_config, kept",
+    [
+        ({"train": {"keep": "last"}}, "- Last epoch 3 of 3 (train.keep=last: these weights); stopped by the epoch limit"),
+        ({"train": {"keep": "best"}}, "- Best epoch 3 of 3 (lowest validation loss: these weights); stopped by the epoch limit"),
+        ([1, 2], "- Best epoch 3 of 3 (lowest validation loss: these weights)"),  # metadata of another shape: still a card
+        ({"model": "x", "train": 5}, "- Model `unknown`; recipe not known"),
+    ],
+)
+def test_the_card_says_which_epoch_s_weights_the_model_holds(real_archive, tmp_path, data, model, training_config, kept) -> None:
+    stamped = onnx.ModelProto()
+    stamped.CopyFrom(model)
+    set_metadata(stamped, {"training_config": json.dumps(training_config), "training_config_digest": "d" * 64})
+    run = _run_dir(tmp_path, stamped)
+    record = {"best_epoch": 3, "epochs_run": 3, "stopped_early": False, "config_digest": "d" * 64, "dataset_fingerprint": data.fingerprint}
+    (run / "train.json").write_text(json.dumps(record))
+    validate_model(_config(real_archive, run, gate__min_accuracy=0, gate__min_weighted_f1=0, validate__device="cpu"), RunPaths(run), data)
+    assert kept in (run / "model_card.md").read_text()
 
 
 @pytest.mark.parametrize("margin, exit_code", [(-0.001, 0), (0.001, 6)])

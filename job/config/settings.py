@@ -237,6 +237,12 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     patience: int = Field(5, ge=0, le=10_000, description="Early stopping: epochs without validation-loss improvement.")
     min_delta: float = Field(0.0, ge=0, description="Early stopping: smallest decrease that counts as improvement.")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Which epoch's weights training keeps. best: the lowest validation loss (early stopping applies); "
+        "last: the final epoch's, every epoch run (patience does not apply), for schedules that anneal to the end, where "
+        "a small validation split cannot tell the last epochs apart.",
+    )
     augment: bool = Field(True, description="Augment training batches.")
     augmentation: Literal["affine", "flip_crop"] = Field(
         "affine",

@@ -181,7 +181,7 @@ class RunMetrics:
         self.train_accuracy = s.add("train", Gauge, "train_accuracy_ratio", "Accuracy of the last epoch.", ["split"])
         self.train_learning_rate = s.add("train", Gauge, "train_learning_rate", "SGD learning rate at the end of the last epoch.")
         self.train_best_val_loss = s.add("train", Gauge, "train_best_validation_loss", "Lowest validation loss so far.")
-        self.train_best_epoch = s.add("train", Gauge, "train_best_epoch", "Epoch (1-based) of the lowest validation loss so far.")
+        self.train_best_epoch = s.add("train", Gauge, "train_best_epoch", "Epoch (1-based) whose weights are kept: the lowest validation loss so far, or the latest under train.keep=last.")
         self.train_patience_wait = s.add(
             "train", Gauge, "train_early_stopping_wait_epochs", "Epochs since the validation loss last improved; training stops at the patience."
         )

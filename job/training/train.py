@@ -118,7 +118,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
 
     with contextlib.closing(EpochScalars(paths.tensorboard)) as scalars:
         scalars.write(state.history)  # epochs an earlier process saved but did not log
-        tracker = _EpochTracker(model, config.model, state, paths, scalars, train_cfg.patience, train_cfg.min_delta)
+        tracker = _EpochTracker(model, config.model, state, paths, scalars, train_cfg)
         if not state.stopped_early and state.epochs_done < train_cfg.epochs:
             with _sigterm_raises_preempted(tracker):
                 model.fit(
@@ -270,14 +270,16 @@ def _checkpoint(file: Path) -> Iterator[Any]:
 
 
 class _EpochTracker:
-    """Early stopping with persisted state; best weights and the resume checkpoint every epoch.
+    """Early stopping with persisted state; the kept weights and the resume checkpoint every epoch.
 
     Keras' own EarlyStopping keeps its state in memory only, so a resumed run would forget
-    its patience count and its best weights.
+    its patience count and its best weights. With train.keep "last" every epoch counts as
+    the best, so the final epoch's weights are kept and training never stops early.
     """
 
-    def __init__(self, model: Any, architecture: ModelConfig, state: TrainState, paths: RunPaths, scalars: EpochScalars, patience: int, min_delta: float):
-        self.model, self.state, self.paths, self.scalars, self.patience, self.min_delta = model, state, paths, scalars, patience, min_delta
+    def __init__(self, model: Any, architecture: ModelConfig, state: TrainState, paths: RunPaths, scalars: EpochScalars, train: TrainConfig):
+        self.model, self.state, self.paths, self.scalars = model, state, paths, scalars
+        self.patience, self.min_delta, self.keep_last = train.patience, train.min_delta, train.keep == "last"
         self.architecture = architecture
         self.preempted = False
         self.inference_model: Any = None
@@ -320,12 +322,12 @@ class _EpochTracker:
                 f"Epochs 1..{s.epochs_done} are kept"
             )
         val_loss = losses["val_loss"]
-        if val_loss < s.best_val_loss - self.min_delta:
+        if self.keep_last or val_loss < s.best_val_loss - self.min_delta:
             s.best_val_loss, s.best_epoch, s.patience_wait = val_loss, epoch + 1, 0
             self._save_best_weights()
         else:
             s.patience_wait += 1
-        s.stopped_early = s.patience_wait >= self.patience
+        s.stopped_early = not self.keep_last and s.patience_wait >= self.patience
         logs.update(
             learning_rate=float(self.model.optimizer.learning_rate),
             best_val_loss=s.best_val_loss,
