@@ -41,7 +41,7 @@ RECIPE_TARGETS = {
     "airbench": (["--model", "airbench"], 18, 0.89, 0.89, None),  # its gate
     "airbench-long": (["--model", "airbench", "--recipe", "long"], 32, 0.90, 0.90, None),
     # its gate, and the one-hour goal's exact-pixel figure less a seed's spread (the whole-set 92 % is not reached)
-    "airbench-wide": (["--model", "airbench", "--recipe", "wide"], 18, 0.91, 0.91, 0.935),
+    "airbench-wide": (["--model", "airbench", "--recipe", "wide"], 19, 0.91, 0.91, 0.935),
 }
 
 
