@@ -141,8 +141,8 @@ def tensorflow_device(device: str) -> str:
     return gpus[0].name if gpus else "CPU"
 
 
-def mixed_dtype(tf_device: str) -> str:
-    """What the mixed-precision recipes compute in on this device (job.training.train.precision_policy)."""
+def reduced_dtype(tf_device: str) -> str:
+    """The device's reduced-precision float, whose peak is measured beside float32's (job.training.precision uses it where it pays)."""
     return "bfloat16" if tf_device == "CPU" else "float16"
 
 
@@ -172,7 +172,7 @@ def measure_peak(tf_device: str, settings: Settings) -> dict[str, Any]:
     import tensorflow as tf
 
     n = settings.matmul_size
-    matmul = {dtype: _matmul_gflops(n, dtype, settings.repeats) for dtype in ("float32", mixed_dtype(tf_device))}
+    matmul = {dtype: _matmul_gflops(n, dtype, settings.repeats) for dtype in ("float32", reduced_dtype(tf_device))}
     batch, height, width, channels = CONV_SHAPE
     images = tf.random.stateless_uniform(CONV_SHAPE, seed=[0, 2])
     kernel = tf.random.stateless_uniform([3, 3, channels, channels], seed=[0, 3])
@@ -196,16 +196,17 @@ def measure_training(config: Config, tf_device: str, steps: int, peak: dict[str,
     from job.models.contract import CLASS_COUNT, IMAGE_SHAPE
     from job.training.input_pipeline import training_dataset
     from job.models.registry import initialise
-    from job.training.train import compiled_model, precision_policy
+    from job.training.precision import compute_dtype, precision_policy
+    from job.training.train import compiled_model
 
     cfg = config.train
     rng = np.random.default_rng(0)
     count = cfg.batch_size * (steps + 1)
     images = rng.integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
     labels = rng.integers(0, CLASS_COUNT, count)
-    with precision_policy(keras, cfg.mixed_precision, [tf_device]):
+    precision = compute_dtype(cfg.mixed_precision, [tf_device])
+    with precision_policy(keras, precision):
         model = compiled_model(config, steps + 1)
-        precision = keras.mixed_precision.global_policy().compute_dtype
     initialise(model, images)
     ends: list[float] = []  # a batch-end callback gets the step's loss as a number: the step has finished
     clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))

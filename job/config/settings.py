@@ -267,7 +267,7 @@ class TrainConfig(_Section):
     )
     seed: Seed = Field(42, description="Seed for weights, shuffling, augmentation and dropout.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower; bit-exact reruns).")
-    mixed_precision: bool = Field(False, description="Mixed precision: float16 compute on GPU, bfloat16 on CPU; variables stay float32.")
+    mixed_precision: bool = Field(False, description="Mixed precision: float16 compute on GPUs, bfloat16 on CPUs with bfloat16 instructions (float32 on other CPUs, where emulated bfloat16 is slower); variables stay float32.")
     device: Literal["auto", "gpu", "cpu"] = Field("auto", description="auto: every visible GPU, else the CPU; gpu: fail (exit 7) without one; cpu: ignore GPUs.")
 
 

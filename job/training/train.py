@@ -34,6 +34,7 @@ from job.config.settings import Config, ModelConfig, TrainConfig
 from job.data.dataset import CifarData, load_dataset
 from job.core.errors import ConfigError, DataError, DeviceUnavailable, ModelFileError, Preempted, StorageFull, TrainingDiverged
 from job.training.history import write_history
+from job.training.precision import compute_dtype, precision_policy
 from job.training.tensorboard_scalars import EpochScalars
 from job.models.registry import build_model, initialise
 from job.core.paths import RunPaths
@@ -67,6 +68,7 @@ class TrainResult(Record):
     stopped_early: bool
     train_seconds: float
     devices: list[str]
+    compute_dtype: str  # job.training.precision: what the layers computed in on these devices
     config_digest: str
     dataset_fingerprint: str  # CifarData.fingerprint: export refuses other data
 
@@ -75,7 +77,7 @@ class TrainResult(Record):
         return (
             f"trained {self.epochs_run} epochs ({how}); best epoch {self.best_epoch}: "
             f"val_loss {self.best_val_loss:.4f}, val_accuracy {self.best_val_accuracy:.4f}; "
-            f"{self.train_seconds:.0f} s on {', '.join(self.devices)}"
+            f"{self.train_seconds:.0f} s on {', '.join(self.devices)} in {self.compute_dtype}"
         )
 
 
@@ -108,7 +110,8 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
 
     train_cfg = config.train
     steps = input_pipeline.steps_per_epoch(len(data.train_labels), train_cfg.batch_size)
-    with strategy.scope(), precision_policy(keras, train_cfg.mixed_precision, devices):
+    dtype = compute_dtype(train_cfg.mixed_precision, devices)
+    with strategy.scope(), precision_policy(keras, dtype):
         model = compiled_model(config, steps * train_cfg.epochs)
     if not state.epochs_done:
         initialise(model, data.train_images)
@@ -142,6 +145,7 @@ def train_model(config: Config, paths: RunPaths, callbacks: Sequence[Any] = (), 
         stopped_early=state.stopped_early,
         train_seconds=round(state.train_seconds, 1),
         devices=devices,
+        compute_dtype=dtype,
         config_digest=digest,
         dataset_fingerprint=fingerprint,
     )
@@ -171,22 +175,6 @@ def _strategy(tf: Any, device: str) -> tuple[Any, list[str]]:
     if len(replicas) > 1:
         return tf.distribute.MirroredStrategy(replicas), replicas
     return tf.distribute.get_strategy(), replicas if gpus else ["CPU"]
-
-
-@contextlib.contextmanager
-def precision_policy(keras: Any, mixed: bool, devices: list[str]) -> Iterator[None]:
-    """Build the model under mixed precision if asked: float16 on GPUs, bfloat16 on CPUs.
-
-    The policy is global in Keras, so it is restored at once: models built later in the same
-    process (the best-weights copy, export) compute in float32, as they are served.
-    """
-    previous = keras.mixed_precision.global_policy()
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16" if "GPU" in devices[0] else "mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def compiled_model(config: Config, total_steps: int) -> Any:
