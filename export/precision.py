@@ -6,8 +6,9 @@ activations uint8: on x86 onnxruntime's u8s8 kernels measured about twice the th
 s8s8 here at the same accuracy. Weights use 7 bits (reduce_range): on x86 CPUs without VNNI the
 u8s8 kernels add pairs of products in 16 bits, which full-range weights can saturate, so a
 model measured on one CPU scored otherwise on another (the reference model: 77.92 % INT8 on
-AVX-512 hosts, 76.67 % on an AVX2-only one; with 7-bit weights 78.16 % there). Activation ranges are calibrated (min/max) on a fixed, seeded
-sample of the *training* split only, so no test image ever shapes the model it then grades.
+AVX-512 hosts, 76.67 % on an AVX2-only one; with 7-bit weights 78.16 % there). Activation ranges
+are calibrated (min/max) on a fixed, seeded sample of the *training* split only, so no test
+image ever shapes the model it then grades.
 
 FP16: `onnxruntime.transformers.float16` (shipped with onnxruntime itself: no extra dependency,
 and the same release that validates the result) with `keep_io_types=True`, so the graph takes

@@ -27,6 +27,7 @@ import click
 from job.config.settings import Config, load_config, parse_sets
 from job.core.errors import ConfigError, DeviceUnavailable
 from job.config.recipes import RECIPES
+from job.training.precision import compute_dtype, precision_policy, reduced_dtype
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +142,6 @@ def tensorflow_device(device: str) -> str:
     return gpus[0].name if gpus else "CPU"
 
 
-def reduced_dtype(tf_device: str) -> str:
-    """The device's reduced-precision float, whose peak is measured beside float32's (job.training.precision uses it where it pays)."""
-    return "bfloat16" if tf_device == "CPU" else "float16"
-
-
 def _best_seconds(run: Callable[[], Any], repeats: int) -> float:
     """Fastest of `repeats` timed runs after a warm-up: the peak is what the kernels reach when the machine lets them."""
     run()
@@ -196,7 +192,6 @@ def measure_training(config: Config, tf_device: str, steps: int, peak: dict[str,
     from job.models.contract import CLASS_COUNT, IMAGE_SHAPE
     from job.training.input_pipeline import training_dataset
     from job.models.registry import initialise
-    from job.training.precision import compute_dtype, precision_policy
     from job.training.train import compiled_model
 
     cfg = config.train

@@ -39,14 +39,18 @@ def _cpuinfo() -> str:
         return ""
 
 
+def reduced_dtype(device: str) -> str:
+    """The device's reduced-precision float: float16 on GPUs, bfloat16 on CPUs (emulated or not)."""
+    return "float16" if "GPU" in device else "bfloat16"
+
+
 def compute_dtype(mixed: bool, devices: list[str]) -> str:
     """The dtype layers compute in: float16 on GPUs and bfloat16 on CPUs that have it, when mixed precision is asked; else float32."""
     if not mixed:
         return "float32"
-    if "GPU" in devices[0]:
-        return "float16"
-    if has_bfloat16_instructions(_cpuinfo()):
-        return "bfloat16"
+    reduced = reduced_dtype(devices[0])
+    if reduced == "float16" or has_bfloat16_instructions(_cpuinfo()):
+        return reduced
     log.warning("train.mixed_precision: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16, bf16), so training computes in float32, faster here")
     return "float32"
 
